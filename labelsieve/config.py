@@ -1,0 +1,314 @@
+"""Typed params: `params.yaml` + preset overlays + `--set` overrides -> frozen dataclasses.
+
+One loader validates everything and reports every problem at once, each with the key's full path,
+the value given and what is allowed, e.g. ``inject_noise.rate: 1.3 is outside [0, 1)``.
+
+Layout: one section per stage (named like the stage) plus `data`, `model` and `runtime`. Stages read
+only their own section and the shared ones. Presets are YAML overlays in `labelsieve/presets/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from labelsieve.errors import LabelsieveError
+
+PRESET_DIR = Path(__file__).with_name("presets")
+
+
+class ConfigError(LabelsieveError, ValueError):
+    """Params that fail validation. `problems` lists one message per bad key."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid params:\n  " + "\n  ".join(problems))
+
+
+def bounded(
+    default: Any,
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    hi_open: bool = False,
+    lo_open: bool = False,
+    doc: str = "",
+) -> Any:
+    """A numeric field restricted to [lo, hi] (either end may be open or absent)."""
+    return field(default=default, metadata={"range": (lo, hi, lo_open, hi_open), "doc": doc})
+
+
+def pattern(default: str, regex: str, *, doc: str = "") -> Any:
+    """A string field that must fully match `regex`."""
+    return field(default=default, metadata={"pattern": regex, "doc": doc})
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How images are stored; every stage that reads pixels relies on it."""
+
+    image_size: int = bounded(28, 4, 1024, doc="px; side of the square stored images")
+    channels: Literal[1, 3] = 1  # 1 = grayscale (L), 3 = RGB
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network every training stage builds."""
+
+    name: Literal["small_cnn", "preact_resnet18", "tv_resnet18", "tv_resnet50"] = "small_cnn"
+    pretrained_path: str | None = None  # local state-dict file; never downloaded at run time
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how the stages run. Results depend on `seed` only, never on wall-clock or order."""
+
+    seed: int = bounded(0, 0, 2**31 - 1)
+    device: str = pattern("auto", r"auto|cpu|cuda(:\d+)?")
+    threads: int = bounded(0, 0, 512, doc="torch intra-op threads; 0 keeps torch's default")
+    progress: Literal["auto", "always", "never"] = "auto"  # auto: only when stderr is a terminal
+    compile: bool = False  # torch.compile the networks
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """`ingest`: read a source into the dataset store (see labelsieve/data/store.py)."""
+
+    # fashion-mnist | digits | path to an image folder | path to a .csv/.jsonl manifest | s3://bucket/prefix
+    source: str = "fashion-mnist"
+    fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"  # IDX files; downloaded when absent
+    download: bool = True  # download Fashion-MNIST from `download_url` when the directory lacks it
+    download_url: str = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+    cache_dir: str = "~/.cache/labelsieve"  # where downloads are kept
+    classes: list[str] | None = None  # explicit class list; default: sorted labels found
+    val_fraction: float = bounded(0.05, 0.0, 0.5, hi_open=True, doc="share of train held out, stratified")
+    test_fraction: float = bounded(
+        0.2, 0.0, 0.9, lo_open=True, doc="used only if the source has no test split"
+    )
+    per_class_limit: int = bounded(0, 0, None, doc="keep the first n train images of each class; 0 = all")
+    max_image_pixels: int = bounded(50_000_000, 1, None, doc="decoded width*height above this is a bomb")
+    workers: int = bounded(0, 0, 64, doc="decode threads; 0 = one per CPU core")
+
+
+@dataclass(frozen=True)
+class InjectNoiseConfig:
+    """`inject_noise`: synthetic label noise for benchmarks (ALGORITHMS.md §1); rate 0 passes through."""
+
+    mode: Literal["symmetric", "symmetric_exclusive", "asymmetric", "pairflip", "instance"] = "symmetric"
+    rate: float = bounded(0.0, 0.0, 1.0, hi_open=True, doc="share of samples whose label is redrawn")
+    class_map: Literal["fashion_mnist", "cifar10", "cifar100", "custom"] = "fashion_mnist"  # asymmetric
+    custom_map: dict[str, str] = field(
+        default_factory=dict
+    )  # class name -> class name, for class_map: custom
+
+
+@dataclass(frozen=True)
+class Params:
+    """Every section of params.yaml."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    inject_noise: InjectNoiseConfig = field(default_factory=InjectNoiseConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved params as plain YAML-able data."""
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_params(
+    path: str | Path | None = "params.yaml",
+    *,
+    presets: typing.Sequence[str] = (),
+    overrides: typing.Sequence[str] = (),
+) -> Params:
+    """Load params: the file (or defaults if `path` is None), then presets in order, then overrides.
+
+    Args:
+        path: a params.yaml; None starts from the built-in defaults.
+        presets: names of overlays in `labelsieve/presets/` applied in order.
+        overrides: ``section.key=value`` strings; the value is parsed as YAML.
+
+    Raises:
+        ConfigError: listing every invalid key, value and override at once.
+        FileNotFoundError: if the params file or a preset does not exist.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_yaml(Path(path))
+    for name in presets:
+        preset_path = PRESET_DIR / f"{name}.yaml"
+        if not preset_path.is_file():
+            available = ", ".join(preset_names()) or "none"
+            raise FileNotFoundError(f"unknown preset {name!r}; available: {available}")
+        raw = _deep_merge(raw, _read_yaml(preset_path))
+    problems: list[str] = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or "." not in key:
+            problems.append(f"--set {item!r}: expected section.key=value")
+            continue
+        *parents, leaf = key.strip().split(".")
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                problems.append(f"--set {item!r}: {part} is not a section")
+                break
+        else:
+            node[leaf] = yaml.safe_load(text) if text.strip() else ""
+    if problems:
+        raise ConfigError(problems)
+    return parse_params(raw)
+
+
+def parse_params(raw: dict[str, Any]) -> Params:
+    """Validate a nested dict against `Params`, collecting every problem before raising."""
+    problems: list[str] = []
+    params = _build(Params, raw, "", problems)
+    if problems:
+        raise ConfigError(problems)
+    return params
+
+
+def preset_names() -> list[str]:
+    """Names of the shipped presets."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"params file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError([f"{path}: not valid YAML: {err}"]) from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: top level must be a mapping of sections, got {type(data).__name__}"])
+    return data
+
+
+def _deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
+    where = prefix.rstrip(".") or "params"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: expected a mapping, got {raw!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            problems.append(f"{prefix}{key}: unknown key; allowed: {', '.join(names)}")
+    values: dict[str, Any] = {}
+    for name, spec in names.items():
+        if name not in raw:
+            continue
+        path = f"{prefix}{name}"
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, raw[name], f"{path}.", problems)
+            continue
+        value, error = _coerce(raw[name], hint)
+        error = error or _check_constraints(value, spec.metadata)
+        if error:
+            problems.append(f"{path}: {raw[name]!r} {error}")
+        else:
+            values[name] = value
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any) -> tuple[Any, str | None]:
+    """Check `value` against a type hint; returns (converted value, error or None)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None, None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner)
+    if origin is Literal:
+        if value in args and not isinstance(value, bool):
+            return value, None
+        return value, f"is not one of {', '.join(repr(a) for a in args)}"
+    if origin is list:
+        if not isinstance(value, list):
+            return value, "must be a list"
+        out = []
+        for item in value:
+            converted, error = _coerce(item, args[0])
+            if error:
+                return value, f"has an item {item!r} that {error}"
+            out.append(converted)
+        return out, None
+    if origin is dict:
+        if not isinstance(value, dict):
+            return value, "must be a mapping"
+        out_map = {}
+        for key, item in value.items():
+            ck, key_error = _coerce(key, args[0])
+            cv, value_error = _coerce(item, args[1])
+            if key_error or value_error:
+                return (
+                    value,
+                    f"has an entry {key!r}: {item!r} that is not {args[0].__name__}: {args[1].__name__}",
+                )
+            out_map[ck] = cv
+        return out_map, None
+    if hint is bool:
+        return (value, None) if isinstance(value, bool) else (value, "must be true or false")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value, None
+        return value, "must be an integer"
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value), None
+        return value, "must be a number"
+    if hint is str:
+        return (value, None) if isinstance(value, str) else (value, "must be a string")
+    raise TypeError(f"unsupported params type {hint!r}")
+
+
+def _check_constraints(value: Any, metadata: typing.Mapping[str, Any]) -> str | None:
+    if value is None:
+        return None
+    if "range" in metadata:
+        lo, hi, lo_open, hi_open = metadata["range"]
+        too_low = lo is not None and (value < lo or (lo_open and value == lo))
+        too_high = hi is not None and (value > hi or (hi_open and value == hi))
+        if too_low or too_high:
+            left = "(" if lo_open or lo is None else "["
+            right = ")" if hi_open or hi is None else "]"
+            lo_text = "-inf" if lo is None else f"{lo:g}"
+            hi_text = "inf" if hi is None else f"{hi:g}"
+            return f"is outside {left}{lo_text}, {hi_text}{right}"
+    if "pattern" in metadata and not re.fullmatch(metadata["pattern"], value):
+        return f"does not match {metadata['pattern']}"
+    return None

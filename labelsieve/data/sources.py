@@ -1,0 +1,283 @@
+"""Every input source as one list of candidates: where a sample comes from, its label, its split.
+
+Nothing is decoded here; `labelsieve.stages.ingest` decodes candidates in bounded chunks. A candidate
+that is already known to be bad (a path escaping the root, a bad manifest row) carries its rejection,
+so it is reported rather than silently dropped.
+
+Sources:
+- ``fashion-mnist``: IDX files (labelsieve.data.idx), with its own train/test split.
+- ``digits``: scikit-learn's 8x8 digits, no test split.
+- a folder ``root/<keyword>/<files...>``: classes are the sorted folder names.
+- a ``.csv`` or ``.jsonl`` manifest with ``path``, ``label`` and optional ``split`` (train|test); paths
+  are relative to the manifest's folder, or ``s3://`` URIs.
+- ``s3://bucket/prefix`` laid out like a folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labelsieve.config import IngestConfig
+from labelsieve.data import idx, s3
+from labelsieve.errors import LabelsieveError
+
+# Rejection reasons known before decoding.
+PATH_ESCAPES_ROOT = "path_escapes_root"
+MISSING_FILE = "missing_file"
+BAD_MANIFEST_ROW = "bad_manifest_row"
+NO_CLASS_FOLDER = "no_class_folder"
+READ_ERROR = "read_error"
+SYMLINKED_FOLDER = "symlinked_folder_not_followed"
+
+
+class SourceError(LabelsieveError):
+    """The source as a whole cannot be read (missing, empty, or of an unknown kind)."""
+
+
+Loader = Callable[[], "bytes | np.ndarray"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One would-be sample.
+
+    Attributes:
+        source: where it came from (a path, a URI, or ``fashion-mnist:train:17``).
+        label: the class name as given by the source.
+        split: ``train`` or ``test`` when the source says so, else None.
+        load: returns encoded image bytes, or pixels as an (H, W) or (C, H, W) uint8 array.
+        rejected: (reason, detail) if the candidate is already known to be unusable.
+    """
+
+    source: str
+    label: str
+    split: str | None
+    load: Loader | None
+    rejected: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What a source offers. `classes` is set when the source defines its class list."""
+
+    name: str
+    candidates: list[Candidate]
+    classes: list[str] | None
+
+
+def open_source(cfg: IngestConfig) -> Listing:
+    """List the candidates of the source named by `cfg.source`.
+
+    Raises:
+        SourceError: the source does not exist, is of an unknown kind, or lists nothing.
+    """
+    source = cfg.source
+    if source == "fashion-mnist":
+        return _fashion_mnist(cfg)
+    if source == "digits":
+        return _digits()
+    if source.startswith("s3://"):
+        return _s3_folder(source)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _folder(path)
+    if path.is_file() and path.suffix.lower() in (".csv", ".jsonl"):
+        return _manifest(path)
+    if path.is_file():
+        raise SourceError(f"ingest.source {source!r}: a manifest must end in .csv or .jsonl")
+    raise SourceError(
+        f"ingest.source {source!r} does not exist; expected fashion-mnist, digits, a folder, "
+        "a .csv/.jsonl manifest or an s3:// prefix"
+    )
+
+
+def _array_candidates(name: str, split: str | None, images: np.ndarray, labels: list[str]) -> list[Candidate]:
+    return [
+        Candidate(f"{name}:{split or 'all'}:{i}", labels[i], split, _array_loader(images, i))
+        for i in range(len(images))
+    ]
+
+
+def _array_loader(images: np.ndarray, i: int) -> Loader:
+    return lambda: images[i]
+
+
+def _fashion_mnist(cfg: IngestConfig) -> Listing:
+    try:
+        arrays = idx.load_fashion_mnist(
+            Path(cfg.fashion_mnist_dir).expanduser(),
+            download=cfg.download,
+            url=cfg.download_url,
+            cache_dir=Path(cfg.cache_dir).expanduser() / "fashion-mnist",
+        )
+    except idx.DatasetFileError as err:
+        raise SourceError(f"fashion-mnist: {err}") from err
+    names = idx.FASHION_MNIST_CLASSES
+    candidates = []
+    for split in ("train", "test"):
+        labels = [names[k] for k in arrays[f"{split}_labels"]]
+        candidates += _array_candidates("fashion-mnist", split, arrays[f"{split}_images"], labels)
+    return Listing("fashion-mnist", candidates, list(names))
+
+
+def _digits() -> Listing:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # Pixel values are 0..16; stretch to the 0..255 range every other source uses.
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    labels = [str(int(t)) for t in digits.target]
+    return Listing("digits", _array_candidates("digits", None, images, labels), [str(k) for k in range(10)])
+
+
+def _file_loader(path: Path) -> Loader:
+    return path.read_bytes
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """True if `path`, with symlinks resolved, stays inside `root`."""
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _folder(root: Path) -> Listing:
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    candidates = []
+    for entry in sorted(root.iterdir()):
+        if entry.is_file() and not entry.name.startswith("."):
+            candidates.append(
+                Candidate(str(entry), "", None, None, (NO_CLASS_FOLDER, "file is not inside a class folder"))
+            )
+    for label in classes:
+        for dirpath, dirnames, filenames in os.walk(root / label, followlinks=False):
+            dirnames.sort()
+            for name in [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
+                # os.walk does not follow linked folders; say so instead of dropping them quietly.
+                link = Path(dirpath) / name
+                reason = PATH_ESCAPES_ROOT if not _inside(link, root) else SYMLINKED_FOLDER
+                candidates.append(
+                    Candidate(
+                        str(link), label, None, None, (reason, f"linked folder to {os.path.realpath(link)}")
+                    )
+                )
+            for name in sorted(filenames):
+                path = Path(dirpath) / name
+                if not _inside(path, root):
+                    target = os.path.realpath(path)
+                    candidates.append(
+                        Candidate(
+                            str(path),
+                            label,
+                            None,
+                            None,
+                            (PATH_ESCAPES_ROOT, f"links outside the root to {target}"),
+                        )
+                    )
+                else:
+                    candidates.append(Candidate(str(path), label, None, _file_loader(path)))
+    if not classes:
+        raise SourceError(f"image folder {root} has no class subfolders (expected root/<keyword>/<images>)")
+    return Listing(str(root), candidates, classes)
+
+
+def _manifest_rows(path: Path) -> list[tuple[int, dict[str, Any] | None, str]]:
+    """(line number, row or None, error) for each data row of a CSV or JSONL manifest."""
+    text = path.read_text(encoding="utf-8")
+    rows: list[tuple[int, dict[str, Any] | None, str]] = []
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        missing = {"path", "label"} - set(reader.fieldnames or [])
+        if missing:
+            raise SourceError(f"manifest {path}: header lacks column(s) {', '.join(sorted(missing))}")
+        for number, row in enumerate(reader, start=2):
+            rows.append((number, row, ""))
+        return rows
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            rows.append((number, None, f"not valid JSON: {err.msg}"))
+            continue
+        rows.append((number, row, "") if isinstance(row, dict) else (number, None, "not a JSON object"))
+    return rows
+
+
+def _manifest(path: Path) -> Listing:
+    root = path.parent
+    client = None
+    candidates = []
+    for number, row, error in _manifest_rows(path):
+        where = f"{path}:{number}"
+        if row is not None:
+            ref, label, split = row.get("path"), row.get("label"), row.get("split") or None
+            if not isinstance(ref, str) or not ref:
+                error = "missing 'path'"
+            elif label is None or str(label) == "":
+                error = "missing 'label'"
+            elif split not in (None, "train", "test"):
+                error = f"split {split!r} is not train or test"
+        if error or row is None:
+            candidates.append(Candidate(where, "", None, None, (BAD_MANIFEST_ROW, error)))
+            continue
+        label = str(label)
+        if ref.startswith("s3://"):
+            client = client or s3.make_client()
+            bucket, key = s3.parse_uri(ref)
+            candidates.append(Candidate(ref, label, split, _s3_loader(client, bucket, key)))
+            continue
+        file = root / ref
+        if Path(ref).is_absolute() or not _inside(file, root):
+            candidates.append(
+                Candidate(ref, label, split, None, (PATH_ESCAPES_ROOT, f"{where}: outside {root}"))
+            )
+        elif not file.is_file():
+            candidates.append(Candidate(ref, label, split, None, (MISSING_FILE, f"{where}: no such file")))
+        else:
+            candidates.append(Candidate(ref, label, split, _file_loader(file)))
+    return Listing(str(path), candidates, None)
+
+
+def _s3_loader(client: Any, bucket: str, key: str) -> Loader:
+    return lambda: s3.read_object(client, bucket, key)
+
+
+def _s3_folder(uri: str) -> Listing:
+    bucket, prefix = s3.parse_uri(uri)
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    client = s3.make_client()
+    candidates = []
+    classes: set[str] = set()
+    for key in s3.list_keys(client, bucket, prefix):
+        rest = key[len(prefix) :]
+        if rest.endswith("/"):
+            continue  # a "folder" marker object
+        label, sep, _name = rest.partition("/")
+        if not sep:
+            candidates.append(
+                Candidate(
+                    f"s3://{bucket}/{key}",
+                    "",
+                    None,
+                    None,
+                    (NO_CLASS_FOLDER, "object is not under a class prefix"),
+                )
+            )
+            continue
+        classes.add(label)
+        candidates.append(Candidate(f"s3://{bucket}/{key}", label, None, _s3_loader(client, bucket, key)))
+    if not classes:
+        raise SourceError(f"{uri} holds no objects under <keyword>/ prefixes")
+    return Listing(uri, candidates, sorted(classes))

@@ -1,0 +1,5 @@
+"""The base of every error labelsieve raises for bad input; the CLI prints these without a traceback."""
+
+
+class LabelsieveError(Exception):
+    """A problem with the user's input, params or data, explained in the message."""

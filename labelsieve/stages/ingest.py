@@ -1,0 +1,249 @@
+"""Stage 1, `ingest`: read a source into the dataset store (format: labelsieve/data/store.py).
+
+Steps: list candidates -> decode, convert and resize each into a disk-backed array (bounded memory)
+-> drop exact duplicates (keep the first, report label conflicts) and train images that also occur in
+the test split (leakage) -> optional first-n-per-class subset -> seeded stratified test split (if the
+source has none) and validation split -> write the store. Every skipped sample is counted by reason
+and listed in ``ingest_report.json``; nothing vanishes silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labelsieve.atomic import atomic_dir, write_csv, write_json
+from labelsieve.config import Params
+from labelsieve.data import images, s3, sources, splits, store
+from labelsieve.errors import LabelsieveError
+from labelsieve.progress import progress
+from labelsieve.seeding import numpy_rng
+
+UNKNOWN_LABEL = "unknown_label"
+DUPLICATE = "duplicate"
+TEST_LEAK = "test_leak"
+CHUNK = 512  # candidates decoded per batch; bounds the memory held by in-flight decodes
+
+
+class IngestError(LabelsieveError):
+    """The source leaves the dataset, or one of its classes, empty."""
+
+
+def run(params: Params, *, out_dir: str | Path) -> dict[str, Any]:
+    """Ingest `params.ingest.source` into `out_dir`; returns the headline counts.
+
+    Raises:
+        sources.SourceError: the source cannot be read at all.
+        IngestError: no usable sample is left for the dataset or for some class.
+    """
+    cfg, data = params.ingest, params.data
+    listing = sources.open_source(cfg)
+    classes = list(
+        cfg.classes or listing.classes or sorted({c.label for c in listing.candidates if not c.rejected})
+    )
+    class_index = {name: k for k, name in enumerate(classes)}
+    candidates = listing.candidates
+    n = len(candidates)
+    shape = (data.channels, data.image_size, data.image_size)
+    skipped: list[dict[str, str]] = []
+
+    with atomic_dir(out_dir) as tmp:
+        work = np.lib.format.open_memmap(
+            tmp / "work.npy", mode="w+", dtype=np.uint8, shape=(max(n, 1), *shape)
+        )
+        hashes: list[str | None] = [None] * n
+        workers = cfg.workers or os.cpu_count() or 1
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            starts = range(0, n, CHUNK)
+            for start in progress(starts, total=len(starts), desc="ingest", mode=params.runtime.progress):
+                chunk = candidates[start : start + CHUNK]
+                decoded = pool.map(
+                    lambda c: _decode(c, class_index, data.image_size, data.channels, cfg.max_image_pixels),
+                    chunk,
+                )
+                for offset, (pixels, reason, detail) in enumerate(decoded):
+                    i = start + offset
+                    if pixels is None:
+                        skipped.append(_skip_entry(candidates[i], reason, detail))
+                        continue
+                    work[i] = pixels
+                    hashes[i] = hashlib.sha256(pixels.tobytes()).hexdigest()
+        work.flush()
+
+        labels = np.array([class_index.get(c.label, -1) for c in candidates], dtype=np.int64)
+        has_test = any(c.split == "test" for c in candidates)
+        is_test = np.array([c.split == "test" for c in candidates], dtype=bool)
+        keep, conflicts = _deduplicate(candidates, hashes, labels, is_test, classes, skipped)
+
+        train_pool = np.flatnonzero(keep & ~is_test)
+        test_rows = np.flatnonzero(keep & is_test)
+        if not has_test:
+            held = splits.stratified_holdout(
+                labels[train_pool], cfg.test_fraction, numpy_rng(params.runtime.seed, "test")
+            )
+            train_pool, test_rows = train_pool[~held], train_pool[held]
+        subset = splits.first_per_class(labels[train_pool], cfg.per_class_limit)
+        excluded_by_limit = int((~subset).sum())
+        train_pool = train_pool[subset]
+        held = splits.stratified_holdout(
+            labels[train_pool], cfg.val_fraction, numpy_rng(params.runtime.seed, "val")
+        )
+        split_rows = {"train": train_pool[~held], "val": train_pool[held], "test": test_rows}
+
+        counts = {split: len(members) for split, members in split_rows.items()}
+        reasons = Counter(item["reason"] for item in skipped)
+        report = {
+            "source": listing.name,
+            "candidates": n,
+            "stored": counts,
+            "skipped_total": len(skipped),
+            "skipped_counts": dict(sorted(reasons.items())),
+            "excluded_by_per_class_limit": excluded_by_limit,
+            "label_conflicts": conflicts,
+            "skipped": skipped,
+        }
+        problem = _emptiness(listing.name, classes, labels, split_rows, reasons)
+        if problem:
+            failed_report = Path(out_dir).with_name(Path(out_dir).name + ".failed_ingest_report.json")
+            write_json(failed_report, report)
+            raise IngestError(f"{problem}; every skipped sample is listed in {failed_report}")
+        rows = []
+        for split, members in split_rows.items():
+            out = np.lib.format.open_memmap(
+                tmp / f"{split}.npy", mode="w+", dtype=np.uint8, shape=(len(members), *shape)
+            )
+            for start in range(0, len(members), 4096):
+                out[start : start + 4096] = work[members[start : start + 4096]]
+            out.flush()
+            del out
+            for index, i in enumerate(members):
+                sha = hashes[i]
+                rows.append((sha[:16], split, index, int(labels[i]), candidates[i].source, sha))
+        del work
+        (tmp / "work.npy").unlink()
+
+        meta = {
+            "format_version": store.FORMAT_VERSION,
+            "source": listing.name,
+            "image_size": data.image_size,
+            "channels": data.channels,
+            "num_classes": len(classes),
+            "counts": counts,
+            "content_hash": store.content_hash(classes, rows),
+            "params": {"data": params.to_dict()["data"], "ingest": params.to_dict()["ingest"]},
+        }
+        write_csv(tmp / "samples.csv", store.SAMPLE_COLUMNS, rows)
+        write_json(tmp / "classes.json", classes)
+        write_json(tmp / "dataset.json", meta)
+        write_json(tmp / "ingest_report.json", report)
+    return {
+        "source": listing.name,
+        "classes": len(classes),
+        **counts,
+        "skipped": len(skipped),
+        "skipped_counts": report["skipped_counts"],
+    }
+
+
+def _decode(
+    candidate: sources.Candidate, class_index: dict[str, int], size: int, channels: int, max_pixels: int
+) -> tuple[np.ndarray | None, str, str]:
+    """(pixels, "", "") for a usable candidate, else (None, reason, detail)."""
+    if candidate.rejected:
+        return None, *candidate.rejected
+    if candidate.label not in class_index:
+        return None, UNKNOWN_LABEL, f"label {candidate.label!r} is not in the class list"
+    try:
+        raw = candidate.load()
+    except (OSError, s3.StorageError) as err:
+        return None, sources.READ_ERROR, str(err)
+    try:
+        if isinstance(raw, np.ndarray):
+            return images.resize_array(raw, size=size, channels=channels), "", ""
+        return images.decode_image(raw, size=size, channels=channels, max_pixels=max_pixels), "", ""
+    except images.ImageRejected as err:
+        return None, err.reason, err.detail
+
+
+def _skip_entry(candidate: sources.Candidate, reason: str, detail: str) -> dict[str, str]:
+    return {"source": candidate.source, "label": candidate.label, "reason": reason, "detail": detail}
+
+
+def _deduplicate(
+    candidates: list[sources.Candidate],
+    hashes: list[str | None],
+    labels: np.ndarray,
+    is_test: np.ndarray,
+    classes: list[str],
+    skipped: list[dict[str, str]],
+) -> tuple[np.ndarray, list[dict[str, str]]]:
+    """Keep the first of each exact duplicate within a split; drop train images found in test.
+
+    Returns the keep mask (N,) and the label conflicts among duplicates. Skips are appended to `skipped`.
+    """
+    keep = np.array([h is not None for h in hashes], dtype=bool)
+    conflicts: list[dict[str, str]] = []
+    first_test: dict[str, int] = {}
+    first_train: dict[str, int] = {}
+    # Test first, so a train image is checked against the whole test split for leakage.
+    order = [i for i in range(len(candidates)) if is_test[i]] + [
+        i for i in range(len(candidates)) if not is_test[i]
+    ]
+    for i in order:
+        sha = hashes[i]
+        if sha is None:
+            continue
+        seen = first_test if is_test[i] else first_train
+        if sha in seen:
+            kept = seen[sha]
+            keep[i] = False
+            detail = f"same pixels as {candidates[kept].source}"
+            if labels[kept] != labels[i]:
+                detail += f" (label conflict: kept {classes[labels[kept]]!r}, dropped {classes[labels[i]]!r})"
+                conflicts.append(
+                    {
+                        "kept": candidates[kept].source,
+                        "kept_label": classes[labels[kept]],
+                        "dropped": candidates[i].source,
+                        "dropped_label": classes[labels[i]],
+                    }
+                )
+            skipped.append(_skip_entry(candidates[i], DUPLICATE, detail))
+        elif not is_test[i] and sha in first_test:
+            keep[i] = False
+            skipped.append(
+                _skip_entry(
+                    candidates[i],
+                    TEST_LEAK,
+                    f"also in the test split as {candidates[first_test[sha]].source}",
+                )
+            )
+        else:
+            seen[sha] = i
+    return keep, conflicts
+
+
+def _emptiness(
+    source: str,
+    classes: list[str],
+    labels: np.ndarray,
+    split_rows: dict[str, np.ndarray],
+    reasons: Counter[str],
+) -> str | None:
+    """A message if the dataset, or some class, has no training image left; else None."""
+    why = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "nothing was skipped"
+    train = split_rows["train"]
+    if len(train) == 0:
+        return f"source {source} leaves no usable training image (skipped {why})"
+    present = np.bincount(labels[train], minlength=len(classes))
+    empty = [classes[k] for k in np.flatnonzero(present == 0)]
+    if empty:
+        names = ", ".join(map(repr, empty))
+        return f"source {source} leaves class(es) {names} with no usable training image (skipped {why})"
+    return None

@@ -1,0 +1,61 @@
+"""Shared fixtures: generated images and folders, params builders, local servers."""
+
+from __future__ import annotations
+
+import io
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from labelsieve.config import Params, load_params
+
+
+def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
+    """Encode a PIL image to bytes."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def random_png(seed: int, size: int = 8) -> bytes:
+    """A distinct grayscale PNG per seed."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size), dtype=np.uint8)
+    return encode(Image.fromarray(pixels, mode="L"))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def make_params() -> Callable[..., Params]:
+    """Params from the built-in defaults plus `section.key=value` overrides (no params.yaml)."""
+
+    def build(*overrides: str, presets: tuple[str, ...] = ()) -> Params:
+        return load_params(None, presets=presets, overrides=["runtime.progress=never", *overrides])
+
+    return build
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Callable[[dict[str, int]], Path]:
+    """Build root/<class>/<i>.png with distinct 8x8 images: {class: count} -> root."""
+
+    def build(counts: dict[str, int], name: str = "images") -> Path:
+        root = tmp_path / name
+        seed = 0
+        for label, count in counts.items():
+            (root / label).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                seed += 1
+                (root / label / f"{i:03d}.png").write_bytes(random_png(seed + 1000 * len(name)))
+        return root
+
+    return build

@@ -1,0 +1,106 @@
+from pathlib import Path
+
+import pytest
+
+from labelsieve.config import ConfigError, Params, load_params, parse_params, preset_names
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_load_params_repo_file_is_valid():
+    params = load_params(REPO / "params.yaml")
+    assert params.ingest.source == "fashion-mnist"
+    assert params.inject_noise.rate == 0.5
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_load_params_every_preset_is_valid(name):
+    assert isinstance(load_params(REPO / "params.yaml", presets=[name]), Params)
+
+
+def test_load_params_none_gives_defaults():
+    assert load_params(None) == Params()
+
+
+def test_parse_params_rate_out_of_range_names_key_value_and_range():
+    with pytest.raises(ConfigError) as info:
+        parse_params({"inject_noise": {"rate": 1.3}})
+    assert info.value.problems == ["inject_noise.rate: 1.3 is outside [0, 1)"]
+
+
+def test_parse_params_reports_every_problem_at_once():
+    raw = {
+        "inject_noise": {"rate": "high", "mode": "sometimes", "colour": 3},
+        "data": {"image_size": 2, "channels": 2},
+        "runtime": {"device": "tpu", "seed": True},
+        "extra": {},
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_params(raw)
+    problems = info.value.problems
+    assert "inject_noise.rate: 'high' must be a number" in problems
+    assert any(p.startswith("inject_noise.mode: 'sometimes' is not one of 'symmetric'") for p in problems)
+    assert any(p.startswith("inject_noise.colour: unknown key; allowed: mode, rate") for p in problems)
+    assert "data.image_size: 2 is outside [4, 1024]" in problems
+    assert "data.channels: 2 is not one of 1, 3" in problems
+    assert "runtime.device: 'tpu' does not match auto|cpu|cuda(:\\d+)?" in problems
+    assert "runtime.seed: True must be an integer" in problems
+    assert any(p.startswith("extra: unknown key") for p in problems)
+    assert len(problems) == 8
+
+
+def test_parse_params_int_accepted_where_float_expected():
+    assert parse_params({"inject_noise": {"rate": 0}}).inject_noise.rate == 0.0
+
+
+def test_parse_params_section_not_a_mapping_is_refused():
+    with pytest.raises(ConfigError, match="ingest: expected a mapping, got 3"):
+        parse_params({"ingest": 3})
+
+
+def test_parse_params_list_and_dict_items_are_checked():
+    with pytest.raises(ConfigError) as info:
+        parse_params({"ingest": {"classes": ["a", 2]}, "inject_noise": {"custom_map": {"a": 1}}})
+    assert info.value.problems == [
+        "ingest.classes: ['a', 2] has an item 2 that must be a string",
+        "inject_noise.custom_map: {'a': 1} has an entry 'a': 1 that is not str: str",
+    ]
+
+
+def test_load_params_override_goes_through_the_same_checks():
+    params = load_params(None, overrides=["inject_noise.rate=0.2", "ingest.source=digits"])
+    assert params.inject_noise.rate == 0.2
+    assert params.ingest.source == "digits"
+    with pytest.raises(ConfigError, match=r"inject_noise.rate: 1.3 is outside \[0, 1\)"):
+        load_params(None, overrides=["inject_noise.rate=1.3"])
+
+
+def test_load_params_malformed_override_is_refused():
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        load_params(None, overrides=["rate0.2"])
+
+
+def test_load_params_preset_overlays_then_overrides_win(tmp_path):
+    base = tmp_path / "params.yaml"
+    base.write_text("ingest:\n  source: fashion-mnist\n  val_fraction: 0.1\n")
+    params = load_params(base, presets=["digits"], overrides=["inject_noise.rate=0.1"])
+    assert params.ingest.source == "digits"  # from the preset
+    assert params.ingest.val_fraction == 0.1  # from the file, untouched by the preset
+    assert params.inject_noise.rate == 0.1  # the override beats the preset's 0.4
+
+
+def test_load_params_unknown_preset_lists_available():
+    with pytest.raises(FileNotFoundError, match="unknown preset 'nope'; available: .*digits"):
+        load_params(None, presets=["nope"])
+
+
+def test_load_params_missing_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="params file not found"):
+        load_params(tmp_path / "absent.yaml")
+
+
+def test_load_params_non_mapping_file_is_refused(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_params(bad)
