@@ -63,10 +63,24 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The network every training stage builds."""
+    """The network every training stage builds, and how it is optimised and augmented.
+
+    The learning rate follows one schedule over the whole budget (warm-up epochs + SSL epochs), so a
+    method split over several stages sees the same schedule as plain CE with the same budget.
+    """
 
     name: Literal["small_cnn", "preact_resnet18", "tv_resnet18", "tv_resnet50"] = "small_cnn"
     pretrained_path: str | None = None  # local state-dict file; never downloaded at run time
+    batch_size: int = bounded(128, 1, 65536, doc="samples per step in CE-style epochs")
+    lr: float = bounded(0.1, 0.0, 10.0, lo_open=True, doc="peak learning rate")
+    schedule: Literal["onecycle", "step", "constant"] = "onecycle"  # step: lr/10 at half the budget
+    warmup_fraction: float = bounded(0.25, 0.0, 1.0, hi_open=True, doc="onecycle: share of the budget rising")
+    momentum: float = bounded(0.9, 0.0, 1.0, hi_open=True)
+    nesterov: bool = True
+    weight_decay: float = bounded(5e-4, 0.0, 1.0)
+    crop_padding: int = bounded(2, 0, 64, doc="px; random-crop padding")
+    flip: bool = True  # random horizontal flips (off for digits)
+    eval_batch_size: int = bounded(1024, 1, 1 << 20, doc="samples per no-grad forward")
 
 
 @dataclass(frozen=True)
@@ -113,6 +127,44 @@ class InjectNoiseConfig:
 
 
 @dataclass(frozen=True)
+class WarmupConfig:
+    """`warmup`: train the networks on the full noisy set (ALGORITHMS.md §3.1)."""
+
+    epochs: int = bounded(3, 0, 100_000)
+    networks: Literal[1, 2] = 2  # 1 for plain CE
+    loss: Literal["mixup", "ce"] = "mixup"  # mixup: SMR; ce: DivideMix / plain CE
+    alpha: float = bounded(4.0, 0.0, None, lo_open=True, doc="Beta(alpha, alpha) of the mixup loss")
+    confidence_penalty: float = bounded(
+        0.0, 0.0, None, doc="weight of +NE(p); DivideMix uses 1 at asym noise"
+    )
+
+
+@dataclass(frozen=True)
+class CoDivideConfig:
+    """`co_divide`: per-sample losses -> 2-component GMM -> clean probability (§2.1)."""
+
+    threshold: float = bounded(0.5, 0.0, 1.0, lo_open=True, hi_open=True, doc="tau; labeled if w > tau")
+    history: int = bounded(0, 0, 100, doc="average the normalised losses of this many past epochs too")
+    gmm_max_iter: int = bounded(10, 1, 10_000)
+    gmm_tol: float = bounded(1e-2, 0.0, None, lo_open=True)
+    gmm_reg_covar: float = bounded(5e-4, 0.0, None)
+
+
+@dataclass(frozen=True)
+class SslTrainConfig:
+    """`ssl_train`: DivideMix co-training epochs with SMR recalibration (§2.2, §3.2)."""
+
+    epochs: int = bounded(12, 0, 100_000)
+    batch_size: int = bounded(64, 1, 65536, doc="B, labeled (and unlabeled) samples per step")
+    alpha: float = bounded(4.0, 0.0, None, lo_open=True, doc="Beta(alpha, alpha) of MixMatch")
+    temperature: float = bounded(0.5, 0.0, None, lo_open=True, doc="T, sharpening temperature")
+    lambda_u: float = bounded(25.0, 0.0, None, doc="weight of L_u; 0 = web-scale variant")
+    lambda_u_ramp_epochs: float = bounded(16.0, 0.0, None, lo_open=True)
+    prior_weight: float = bounded(1.0, 0.0, None, doc="weight of the uniform-prior term L_reg")
+    recalibration_period: int = bounded(6, 0, 100_000, doc="P: every P-th epoch is plain CE; 0 = off")
+
+
+@dataclass(frozen=True)
 class Params:
     """Every section of params.yaml."""
 
@@ -121,6 +173,14 @@ class Params:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     inject_noise: InjectNoiseConfig = field(default_factory=InjectNoiseConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    co_divide: CoDivideConfig = field(default_factory=CoDivideConfig)
+    ssl_train: SslTrainConfig = field(default_factory=SslTrainConfig)
+
+    @property
+    def total_epochs(self) -> int:
+        """The epoch budget the learning-rate schedule spans: warm-up plus SSL epochs."""
+        return self.warmup.epochs + self.ssl_train.epochs
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved params as plain YAML-able data."""

@@ -1,0 +1,83 @@
+"""Device selection and the per-device speed settings (DESIGN.md, "Performance principles").
+
+On CUDA: bf16 autocast, channels_last and optionally ``torch.compile``. On the CPU everything stays
+float32 in the default layout, so CPU runs are exact and resumable bit for bit.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+from torch import nn
+
+_CUDA_NAME = re.compile(r"cuda(:\d+)?")
+
+
+def resolve_device(name: str) -> torch.device:
+    """Turn a config string into a device.
+
+    Args:
+        name: "auto" (CUDA if available, else CPU), "cpu", "cuda" or "cuda:N".
+
+    Returns:
+        The device.
+
+    Raises:
+        RuntimeError: CUDA was asked for but is not available, or N is not a visible GPU.
+        ValueError: any other name.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if _CUDA_NAME.fullmatch(name):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {name!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+        device = torch.device(name)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"device {name!r} requested but only {torch.cuda.device_count()} GPU(s) visible"
+            )
+        return device
+    raise ValueError(f"unknown device {name!r}; allowed: 'auto', 'cpu', 'cuda', 'cuda:N'")
+
+
+def autocast(device: torch.device) -> AbstractContextManager[object]:
+    """Mixed precision for forward passes: bf16 autocast on CUDA, nothing on the CPU.
+
+    bf16 needs no loss scaling, unlike fp16. The CPU stays float32 because CPU bf16 is slow on most
+    hosts and would break the exact CPU resume guarantee.
+
+    Args:
+        device: where the model runs.
+
+    Returns:
+        A context manager to wrap forward passes and losses in.
+    """
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def prepare_model(model: nn.Module, device: torch.device, *, channels_last: bool, compile: bool) -> nn.Module:
+    """Move a model to its device and apply the speed settings.
+
+    Args:
+        model: the model; moved in place.
+        device: target device.
+        channels_last: use NHWC weights, which tensor cores prefer; applied on CUDA only.
+        compile: wrap with ``torch.compile``. The wrapper's ``forward`` is compiled; other methods such as
+            ``features`` and ``head`` stay eager, and ``state_dict`` keys of the returned object gain an
+            ``_orig_mod.`` prefix, so save ``model`` (the argument) rather than the return value.
+
+    Returns:
+        ``model`` itself, or its compiled wrapper.
+    """
+    model.to(device)
+    if channels_last and device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    if compile:
+        return torch.compile(model)
+    return model
