@@ -165,6 +165,55 @@ class SslTrainConfig:
 
 
 @dataclass(frozen=True)
+class GroupRegularizeConfig:
+    """`group_regularize`: GRIP fine-tuning with class soft labels and maximum entropy (§4)."""
+
+    epochs: int = bounded(3, 0, 100_000, doc="0 passes the networks through")
+    lr: float = bounded(0.01, 0.0, 10.0, lo_open=True, doc="peak lr; linear warm-up then cosine to 0")
+    lr_warmup_epochs: int = bounded(1, 0, 100_000)
+    soft_weight: float = bounded(0.5, 0.0, 1.0, doc="w: weight of the soft-label CE")
+    entropy_weight: float = bounded(0.5, 0.0, None, doc="gamma: weight of +NE(p)")
+    threshold_alpha: float = bounded(0.5, 0.0, None, doc="JS threshold = mean + alpha * std")
+    relabel_tau: float = bounded(
+        0.04, 0.0, 1.0, doc="JS (base 2) to S[argmax] below which a sample is revised"
+    )
+    momentum: float = bounded(0.5, 0.0, 1.0, doc="m: soft-label EMA weight of the old matrix")
+    warmup_epochs: int = bounded(5, 1, 100_000, doc="E_warm: purification starts at epoch E_warm - 1")
+
+
+@dataclass(frozen=True)
+class PurifyConfig:
+    """`purify`: keep / relabel / drop for every training sample (see labelsieve/stages/purify.py)."""
+
+    keep_threshold: float = bounded(0.5, 0.0, 1.0, doc="keep if the mean clean probability is at least this")
+    relabel_max_js: float = bounded(
+        0.04, 0.0, 1.0, doc="relabel a flagged sample if JS(p, S[argmax]) <= this"
+    )
+    # Off by default: GRIP's max-entropy term flattens predictions, so max p says little after it.
+    relabel_confidence: float = bounded(0.0, 0.0, 1.0, doc="... and its ensemble max probability >= this")
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """`retrain`: SSSL, one deployable network with neighbour synthetic samples and soft targets (§5)."""
+
+    epochs: int = bounded(15, 0, 100_000)
+    use_purified: bool = True  # labels from the purify manifest; false: the raw noisy labels (sssl preset)
+    dropped: Literal["exclude", "unlabeled"] = "exclude"  # unlabeled: kept with loss weight zero
+    warmup_epochs: int = bounded(1, 0, 100_000, doc="CE epochs first (published 10 of 300)")
+    mixup_alpha: float = bounded(1.0, 0.0, None, lo_open=True, doc="ordinary mixup until synthetic_start")
+    synthetic_start: int = bounded(
+        3, 0, 100_000, doc="e_s: first epoch of neighbour mixing (published 60 of 300)"
+    )
+    neighbours: int = bounded(2, 2, 64, doc="K: the sample and its K-1 nearest neighbours")
+    knn_scope: Literal["batch", "dataset"] = "batch"
+    correction_period: int = bounded(
+        2, 1, 100_000, doc="soft-target correction every this many epochs from e_s"
+    )
+    correction_momentum: float = bounded(0.9, 0.0, 1.0, doc="m: t <- m t + (1 - m) softmax(z)")
+
+
+@dataclass(frozen=True)
 class Params:
     """Every section of params.yaml."""
 
@@ -176,6 +225,9 @@ class Params:
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     co_divide: CoDivideConfig = field(default_factory=CoDivideConfig)
     ssl_train: SslTrainConfig = field(default_factory=SslTrainConfig)
+    group_regularize: GroupRegularizeConfig = field(default_factory=GroupRegularizeConfig)
+    purify: PurifyConfig = field(default_factory=PurifyConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
 
     @property
     def total_epochs(self) -> int:

@@ -152,7 +152,8 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 def _folder(root: Path) -> Listing:
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # Folders starting with "." or "_" are reserved (hidden folders, an export's _dropped/).
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
     candidates = []
     for entry in sorted(root.iterdir()):
         if entry.is_file() and not entry.name.startswith("."):

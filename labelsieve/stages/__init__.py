@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from labelsieve.stages import ingest, inject_noise
+from labelsieve.stages import co_divide, group_regularize, ingest, inject_noise, purify, ssl_train, warmup
 
 
 @dataclass(frozen=True)
@@ -25,13 +25,42 @@ class Stage:
 
 
 ARTIFACTS = "artifacts"
+DATASET = f"{ARTIFACTS}/dataset"
+LABELS = f"{ARTIFACTS}/labels"
+WARMUP = f"{ARTIFACTS}/warmup"
+DIVIDE = f"{ARTIFACTS}/divide"
+SSL = f"{ARTIFACTS}/ssl"
+GROUP = f"{ARTIFACTS}/group"
 
 STAGES: dict[str, Stage] = {
     stage.name: stage
     for stage in (
-        Stage("ingest", ingest.run, {}, f"{ARTIFACTS}/dataset"),
+        Stage("ingest", ingest.run, {}, DATASET),
+        Stage("inject_noise", inject_noise.run, {"dataset_dir": DATASET}, LABELS),
+        Stage("warmup", warmup.run, {"dataset_dir": DATASET, "labels_dir": LABELS}, WARMUP),
         Stage(
-            "inject_noise", inject_noise.run, {"dataset_dir": f"{ARTIFACTS}/dataset"}, f"{ARTIFACTS}/labels"
+            "co_divide",
+            co_divide.run,
+            {"dataset_dir": DATASET, "labels_dir": LABELS, "warmup_dir": WARMUP},
+            DIVIDE,
+        ),
+        Stage(
+            "ssl_train",
+            ssl_train.run,
+            {"dataset_dir": DATASET, "labels_dir": LABELS, "warmup_dir": WARMUP, "divide_dir": DIVIDE},
+            SSL,
+        ),
+        Stage(
+            "group_regularize",
+            group_regularize.run,
+            {"dataset_dir": DATASET, "labels_dir": LABELS, "networks_dir": SSL},
+            GROUP,
+        ),
+        Stage(
+            "purify",
+            purify.run,
+            {"dataset_dir": DATASET, "labels_dir": LABELS, "ssl_dir": SSL, "group_dir": GROUP},
+            f"{ARTIFACTS}/purified",
         ),
     )
 }

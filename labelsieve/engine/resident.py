@@ -1,0 +1,94 @@
+"""A training context: the dataset's splits resident on the device as uint8, with their labels.
+
+Every training stage starts from `TrainingData.load`, so they all see the same images, the same
+normalisation and the same (possibly noisy) labels.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from labelsieve.data.store import Dataset, load_dataset
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Splits on the device. `train_labels`/`val_labels` are the given (possibly noisy) labels.
+
+    Attributes:
+        train_images, val_images, test_images: uint8 (N_split, C, H, W) on the device.
+        train_labels, val_labels, test_labels: int64 (N_split,) on the device.
+        train_true_labels: int64 (N,) or None when no ground truth exists (real, un-injected data).
+        mean, std: per-channel normalisation in 0..1 pixel units, from the training images.
+        dataset: the dataset on disk; key: identity of data + labels, for checkpoints.
+    """
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    train_true_labels: torch.Tensor | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    dataset: Dataset
+    key: str
+
+    @property
+    def num_classes(self) -> int:
+        """C."""
+        return self.dataset.num_classes
+
+    @property
+    def in_channels(self) -> int:
+        """Image channels."""
+        return int(self.train_images.shape[1])
+
+    @classmethod
+    def load(cls, dataset_dir: str | Path, labels_dir: str | Path, device: torch.device) -> TrainingData:
+        """Load the dataset and the labels of `inject_noise` onto `device`."""
+        dataset = load_dataset(dataset_dir)
+        labels = np.load(Path(labels_dir) / "labels.npz")
+        noise = json.loads((Path(labels_dir) / "noise.json").read_text())
+        train = np.ascontiguousarray(dataset.images("train"))
+        mean, std = channel_stats(train)
+
+        def put(array: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.array(array, copy=True)).to(device)  # memmaps are read-only
+
+        has_truth = noise["rate"] > 0  # with rate 0 the "true" labels are only the given ones
+        return cls(
+            train_images=put(train),
+            train_labels=put(labels["train_labels"].astype(np.int64)),
+            val_images=put(dataset.images("val")),
+            val_labels=put(labels["val_labels"].astype(np.int64)),
+            test_images=put(dataset.images("test")),
+            test_labels=put(dataset.labels("test")),
+            train_true_labels=put(labels["train_true_labels"].astype(np.int64)) if has_truth else None,
+            mean=mean,
+            std=std,
+            dataset=dataset,
+            key=f"{dataset.meta['content_hash']}:{noise['key']}",
+        )
+
+
+def channel_stats(images: np.ndarray, chunk: int = 8192) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 (N, C, H, W) images in 0..1 units, float64, chunked."""
+    channels = images.shape[1]
+    total = np.zeros(channels)
+    total_sq = np.zeros(channels)
+    count = 0
+    for start in range(0, len(images), chunk):
+        block = images[start : start + chunk].astype(np.float64) / 255.0
+        total += block.sum(axis=(0, 2, 3))
+        total_sq += np.square(block).sum(axis=(0, 2, 3))
+        count += block.shape[0] * block.shape[2] * block.shape[3]
+    mean = total / max(count, 1)
+    std = np.sqrt(np.maximum(total_sq / max(count, 1) - mean**2, 1e-12))
+    return tuple(mean.tolist()), tuple(std.tolist())

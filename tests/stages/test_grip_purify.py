@@ -1,0 +1,148 @@
+"""Integration tests of group_regularize, purify and export on digits (tiny budgets, CPU)."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from labelsieve.config import load_params
+from labelsieve.data.store import load_dataset
+from labelsieve.engine import checkpoint as checkpoint_module
+from labelsieve.export import export, folder_name
+from labelsieve.maths.purification import DROP
+from labelsieve.stages import co_divide, group_regularize, ingest, inject_noise, purify, ssl_train, warmup
+
+pytestmark = pytest.mark.integration
+
+TINY = (
+    "runtime.progress=never",
+    "warmup.epochs=3",
+    "ssl_train.epochs=3",
+    "ssl_train.recalibration_period=0",
+    "group_regularize.epochs=3",
+    "group_regularize.warmup_epochs=2",
+    "model.eval_batch_size=4096",
+)
+
+
+def _params(*overrides):
+    return load_params(None, presets=["digits"], overrides=[*TINY, *overrides])
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """digits at 40% symmetric noise, run through ssl_train; returns the directories."""
+    root = tmp_path_factory.mktemp("grip")
+    params = _params()
+    dirs = {"dataset_dir": root / "dataset", "labels_dir": root / "labels"}
+    ingest.run(params, out_dir=dirs["dataset_dir"])
+    inject_noise.run(params, dataset_dir=dirs["dataset_dir"], out_dir=dirs["labels_dir"])
+    warmup.run(params, **dirs, out_dir=root / "warmup")
+    co_divide.run(params, **dirs, warmup_dir=root / "warmup", out_dir=root / "divide")
+    ssl_train.run(
+        params, **dirs, warmup_dir=root / "warmup", divide_dir=root / "divide", out_dir=root / "ssl"
+    )
+    group_regularize.run(params, **dirs, networks_dir=root / "ssl", out_dir=root / "group")
+    purify.run(params, **dirs, ssl_dir=root / "ssl", group_dir=root / "group", out_dir=root / "purified")
+    return root, dirs
+
+
+def test_group_regularize_outputs_soft_labels_and_purifies(pipeline):
+    root, dirs = pipeline
+    soft = np.load(root / "group" / "soft_labels.npy")
+    assert soft.shape == (2, 10, 10)
+    np.testing.assert_allclose(soft.sum(axis=2), 1.0, atol=1e-5)
+    assert np.all(np.argmax(soft, axis=2) == np.arange(10))  # each class's soft label peaks on itself
+    history = json.loads((root / "group" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert history[0]["discarded"] == [0, 0] and history[0]["revised"] == [0, 0]  # before E_warm - 1
+    assert min(history[2]["discarded"]) + min(history[2]["revised"]) > 0  # purification active at epoch 2
+    memory = np.load(root / "group" / "js_memory.npy")
+    noisy = np.load(dirs["labels_dir"] / "labels.npz")["train_is_noisy"]
+    assert memory[0][noisy].mean() > memory[0][~noisy].mean()  # noisy samples sit far from their soft label
+
+
+def test_group_regularize_resume_after_kill_equals_uninterrupted(pipeline, tmp_path, monkeypatch):
+    root, dirs = pipeline
+    real = checkpoint_module.Checkpoint.save
+
+    def kill_after_second(self, state):
+        real(self, state)
+        if state["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint_module.Checkpoint, "save", kill_after_second)
+    with pytest.raises(KeyboardInterrupt):
+        group_regularize.run(_params(), **dirs, networks_dir=root / "ssl", out_dir=tmp_path / "group")
+    monkeypatch.undo()
+    group_regularize.run(_params(), **dirs, networks_dir=root / "ssl", out_dir=tmp_path / "group")
+    for k in (1, 2):
+        whole = torch.load(root / "group" / f"net{k}.pt", weights_only=True)
+        resumed = torch.load(tmp_path / "group" / f"net{k}.pt", weights_only=True)
+        for name in whole:
+            torch.testing.assert_close(resumed[name], whole[name], rtol=0, atol=0)
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "group" / "soft_labels.npy"), np.load(root / "group" / "soft_labels.npy")
+    )
+
+
+def test_group_regularize_zero_epochs_passes_networks_through_with_estimated_soft_labels(pipeline, tmp_path):
+    root, dirs = pipeline
+    group_regularize.run(
+        _params("group_regularize.epochs=0"), **dirs, networks_dir=root / "ssl", out_dir=tmp_path / "g"
+    )
+    for name, value in torch.load(root / "ssl" / "net1.pt", weights_only=True).items():
+        torch.testing.assert_close(torch.load(tmp_path / "g" / "net1.pt", weights_only=True)[name], value)
+    soft = np.load(tmp_path / "g" / "soft_labels.npy")
+    np.testing.assert_allclose(soft.sum(axis=2), 1.0, atol=1e-5)
+
+
+def test_purify_has_fewer_label_errors_than_the_noisy_labels(pipeline):
+    root, dirs = pipeline
+    summary = json.loads((root / "purified" / "summary.json").read_text())
+    detection = summary["detection"]
+    assert detection["noise_rate_after"] < detection["noise_rate_before"] / 3
+    assert detection["f1"] > 0.8 and detection["auroc_clean_prob"] > 0.9
+    labels = np.load(root / "purified" / "labels.npz")
+    truth = np.load(dirs["labels_dir"] / "labels.npz")["train_true_labels"]
+    used = labels["train_decision"] != DROP
+    assert np.mean(labels["train_labels"][used] != truth[used]) == pytest.approx(
+        detection["noise_rate_after"]
+    )
+    with open(root / "purified" / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(truth) and {r["decision"] for r in rows} <= {"keep", "relabel", "drop"}
+    assert all((r["new_label"] == "") == (r["decision"] == "drop") for r in rows)
+    assert sum(summary["decisions"].values()) == len(truth)
+
+
+def test_export_then_ingest_gives_back_the_purified_labels(pipeline, tmp_path):
+    root, dirs = pipeline
+    dataset = load_dataset(dirs["dataset_dir"])
+    purified = np.load(root / "purified" / "labels.npz")
+    expected = {}  # sha256 -> class name, for the purified training samples and the validation samples
+    for i, sha in enumerate(dataset.samples["train"]["sha256"]):
+        if purified["train_decision"][i] != DROP:
+            expected[sha] = dataset.classes[purified["train_labels"][i]]
+    for i, sha in enumerate(dataset.samples["val"]["sha256"]):
+        expected[sha] = dataset.classes[dataset.samples["val"]["label"][i]]
+    for fmt in ("folder", "csv"):
+        out = tmp_path / fmt
+        counts = export(dirs["dataset_dir"], root / "purified", out, fmt=fmt, dropped="folder")
+        assert counts["dropped"] == int(np.sum(purified["train_decision"] == DROP))
+        source = out if fmt == "folder" else out / "manifest.csv"
+        params = load_params(
+            None,
+            presets=["digits"],
+            overrides=["runtime.progress=never", f"ingest.source={source}", "ingest.val_fraction=0"],
+        )
+        ingest.run(params, out_dir=tmp_path / f"re-{fmt}")
+        again = load_dataset(tmp_path / f"re-{fmt}")
+        got = {}
+        for split in ("train", "test") if fmt == "folder" else ("train",):
+            for sha, label in zip(again.samples[split]["sha256"], again.samples[split]["label"], strict=True):
+                got[sha] = again.classes[label]
+        assert got == {sha: folder_name(name) if fmt == "folder" else name for sha, name in expected.items()}
+    assert (tmp_path / "folder" / "_dropped").is_dir()
