@@ -1,5 +1,6 @@
 """The `labelsieve` command. Each subcommand is a stage name with hyphens (`inject-noise` runs
-`inject_noise`) and only adapts argv to the stage's `run()`."""
+`inject_noise`) and only adapts argv to the stage's `run()`; `predict` classifies images with a model
+package."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from pathlib import Path
 
 import torch
 
+from labelsieve import predict
 from labelsieve.config import load_params, preset_names
+from labelsieve.engine.device import resolve_device
 from labelsieve.errors import LabelsieveError
+from labelsieve.export import export
 from labelsieve.stages import STAGES
 
 
@@ -51,12 +55,83 @@ def build_parser() -> argparse.ArgumentParser:
             )
         sub.add_argument("--out-dir", default=stage.out_dir, help="output directory (default: %(default)s)")
         sub.set_defaults(stage=stage.name)
+    _add_predict(commands)
+    _add_export(commands)
     return parser
+
+
+def _add_export(commands: argparse._SubParsersAction) -> None:
+    doc = "write the purified dataset as an image folder or a CSV manifest (ingestible again)"
+    sub = commands.add_parser("export", help=doc, description=doc)
+    sub.add_argument("--dataset-dir", default="artifacts/dataset", help="default: %(default)s")
+    sub.add_argument("--purified-dir", default="artifacts/purified", help="default: %(default)s")
+    sub.add_argument("--format", choices=("folder", "csv"), default="folder", help="default: %(default)s")
+    sub.add_argument(
+        "--dropped",
+        choices=("omit", "folder"),
+        default="omit",
+        help="leave dropped samples out, or keep them under _dropped/ (default: %(default)s)",
+    )
+    sub.add_argument("--out-dir", default="exports/purified", help="default: %(default)s")
+    sub.set_defaults(stage=None)
+
+
+def _export(args: argparse.Namespace) -> int:
+    """Run `labelsieve export`."""
+    try:
+        counts = export(
+            args.dataset_dir, args.purified_dir, args.out_dir, fmt=args.format, dropped=args.dropped
+        )
+    except LabelsieveError as err:
+        print(f"labelsieve export: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({**counts, "out": str(args.out_dir)}, indent=2))
+    return 0
+
+
+def _add_predict(commands: argparse._SubParsersAction) -> None:
+    doc = "classify images with a model package (the retrain stage's output)"
+    sub = commands.add_parser("predict", help=doc, description=doc)
+    sub.add_argument("model", metavar="MODEL", help="model package directory")
+    sub.add_argument(
+        "images",
+        metavar="IMAGES",
+        nargs="+",
+        help="image files, folders (searched recursively) or .csv/.jsonl manifests with a path column",
+    )
+    sub.add_argument("--top-k", type=int, default=3, help="classes reported per image (default: %(default)s)")
+    sub.add_argument("--out", default="predictions.csv", help="output CSV (default: %(default)s)")
+    sub.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    sub.set_defaults(stage=None)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    """Run `labelsieve predict`: unreadable images are reported, never fatal, unless none could be read."""
+    try:
+        rows = predict.predict(args.model, args.images, top_k=args.top_k, device=resolve_device(args.device))
+        predict.write_predictions(args.out, rows, args.top_k)
+    except (LabelsieveError, RuntimeError, ValueError) as err:  # resolve_device raises the latter two
+        print(f"labelsieve predict: error: {err}", file=sys.stderr)
+        return 2
+    failed = [r for r in rows if r.status != predict.OK]
+    for row in failed:
+        print(f"labelsieve predict: skipped {row.path}: {row.status}: {row.detail}", file=sys.stderr)
+    if len(failed) == len(rows):
+        what = f"none of the {len(rows)} images could be read" if rows else "no images found"
+        print(f"labelsieve predict: error: {what} (rows in {args.out})", file=sys.stderr)
+        return 2
+    summary = {"images": len(rows), "predicted": len(rows) - len(failed), "skipped": len(failed)}
+    print(json.dumps({**summary, "out": str(args.out)}, indent=2))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one stage; print its headline figures as JSON. Input errors exit 2 with one clear message."""
     args = build_parser().parse_args(argv)
+    if args.command == "predict":
+        return _predict(args)
+    if args.command == "export":
+        return _export(args)
     stage = STAGES[args.stage]
     try:
         params_file = args.params or ("params.yaml" if Path("params.yaml").is_file() else None)

@@ -80,7 +80,9 @@ class ModelConfig:
     weight_decay: float = bounded(5e-4, 0.0, 1.0)
     crop_padding: int = bounded(2, 0, 64, doc="px; random-crop padding")
     flip: bool = True  # random horizontal flips (off for digits)
-    eval_batch_size: int = bounded(1024, 1, 1 << 20, doc="samples per no-grad forward")
+    eval_batch_size: int = bounded(
+        256, 1, 1 << 20, doc="samples per no-grad forward (256 was fastest on CPU)"
+    )
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class RuntimeConfig:
     threads: int = bounded(0, 0, 512, doc="torch intra-op threads; 0 keeps torch's default")
     progress: Literal["auto", "always", "never"] = "auto"  # auto: only when stderr is a terminal
     compile: bool = False  # torch.compile the networks
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA and on CPUs with native bf16
 
 
 @dataclass(frozen=True)

@@ -35,3 +35,19 @@ def test_cli_missing_dataset_exits_2_naming_the_fix(tmp_path, capsys):
     code = main(["inject-noise", "--dataset-dir", str(tmp_path / "nope")])
     assert code == 2
     assert "dataset.json is missing (run `labelsieve ingest`)" in capsys.readouterr().err
+
+
+def test_cli_export_without_purify_output_exits_2(tmp_path, capsys):
+    code = main(
+        [
+            "export",
+            "--dataset-dir",
+            str(tmp_path),
+            "--purified-dir",
+            str(tmp_path / "p"),
+            "--out-dir",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 2
+    assert "labelsieve export: error:" in capsys.readouterr().err

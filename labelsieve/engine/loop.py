@@ -131,7 +131,13 @@ def views(
 
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module, images: torch.Tensor, *, mean: Sequence[float], std: Sequence[float], batch_size: int
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int,
+    precision: str = "auto",
 ) -> torch.Tensor:
     """(N, C) float32 logits of `model` in eval mode on unaugmented uint8 images (N, C, H, W)."""
     was_training = model.training
@@ -140,34 +146,42 @@ def predict_logits(
     for start in range(0, len(images), batch_size):
         x = to_float(images[start : start + batch_size], mean, std)
         x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(x.device):
+        with autocast(x.device, precision):
             outputs.append(model(x).float())
     model.train(was_training)
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 
-def ensemble_accuracy(
-    networks: Sequence[nn.Module],
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    data: TrainingData,
-    batch_size: int,
-) -> float:
-    """Accuracy of argmax of the summed logits of `networks` (the DivideMix test prediction)."""
-    if len(labels) == 0:
-        return float("nan")
-    logits = sum(
-        predict_logits(m, images, mean=data.mean, std=data.std, batch_size=batch_size) for m in networks
+def ensemble_logits(
+    networks: Sequence[nn.Module], images: torch.Tensor, data: TrainingData, params: Params
+) -> torch.Tensor:
+    """(N, C) sum of the networks' logits: the DivideMix test prediction is its argmax."""
+    return sum(
+        predict_logits(
+            m,
+            images,
+            mean=data.mean,
+            std=data.std,
+            batch_size=params.model.eval_batch_size,
+            precision=params.runtime.precision,
+        )
+        for m in networks
     )
-    return float((logits.argmax(dim=1) == labels).float().mean())
 
 
-def evaluate(networks: Sequence[nn.Module], data: TrainingData, batch_size: int) -> dict[str, float]:
+def evaluate(networks: Sequence[nn.Module], data: TrainingData, params: Params) -> dict[str, float]:
     """Validation accuracy (noisy labels; used to choose an epoch) and test accuracy (logged only)."""
-    return {
-        "val_acc": ensemble_accuracy(networks, data.val_images, data.val_labels, data, batch_size),
-        "test_acc": ensemble_accuracy(networks, data.test_images, data.test_labels, data, batch_size),
-    }
+    result = {}
+    for name, images, labels in (
+        ("val_acc", data.val_images, data.val_labels),
+        ("test_acc", data.test_images, data.test_labels),
+    ):
+        if len(labels) == 0:
+            result[name] = float("nan")
+            continue
+        predicted = ensemble_logits(networks, images, data, params).argmax(dim=1)
+        result[name] = float((predicted == labels).float().mean())
+    return result
 
 
 def supervised_epoch(
@@ -196,7 +210,7 @@ def supervised_epoch(
         idx = idx.to(data.train_labels.device)
         x = views(data.train_images[idx], cfg, data.mean, data.std, generators.device)
         y = data.train_labels[idx]
-        with autocast(x.device):
+        with autocast(x.device, params.runtime.precision):
             if loss == "mixup":
                 lam = sample_lambda(alpha, generators.cpu)
                 perm = torch.randperm(len(idx), generator=generators.cpu).to(x.device)

@@ -11,7 +11,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from labelsieve.stages import co_divide, group_regularize, ingest, inject_noise, purify, ssl_train, warmup
+from labelsieve.stages import (
+    co_divide,
+    group_regularize,
+    ingest,
+    inject_noise,
+    purify,
+    retrain,
+    ssl_train,
+    warmup,
+)
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,7 @@ WARMUP = f"{ARTIFACTS}/warmup"
 DIVIDE = f"{ARTIFACTS}/divide"
 SSL = f"{ARTIFACTS}/ssl"
 GROUP = f"{ARTIFACTS}/group"
+PURIFIED = f"{ARTIFACTS}/purified"
 
 STAGES: dict[str, Stage] = {
     stage.name: stage
@@ -60,7 +70,13 @@ STAGES: dict[str, Stage] = {
             "purify",
             purify.run,
             {"dataset_dir": DATASET, "labels_dir": LABELS, "ssl_dir": SSL, "group_dir": GROUP},
-            f"{ARTIFACTS}/purified",
+            PURIFIED,
+        ),
+        Stage(
+            "retrain",
+            retrain.run,
+            {"dataset_dir": DATASET, "labels_dir": LABELS, "purified_dir": PURIFIED},
+            f"{ARTIFACTS}/model",
         ),
     )
 }

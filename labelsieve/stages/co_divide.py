@@ -62,7 +62,12 @@ def divide(
     gmms, fell_back = [], []
     for k, model in enumerate(networks):
         logits = loop.predict_logits(
-            model, data.train_images, mean=data.mean, std=data.std, batch_size=params.model.eval_batch_size
+            model,
+            data.train_images,
+            mean=data.mean,
+            std=data.std,
+            batch_size=params.model.eval_batch_size,
+            precision=params.runtime.precision,
         )
         losses = division.per_sample_loss(logits, data.train_labels)
         normalised = division.minmax_normalise(losses)

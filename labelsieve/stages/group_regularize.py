@@ -67,7 +67,7 @@ def grip_epoch(
         idx = idx.to(data.train_labels.device)
         x = loop.views(data.train_images[idx], params.model, data.mean, data.std, generators.device)
         labels = data.train_labels[idx]
-        with autocast(x.device):
+        with autocast(x.device, params.runtime.precision):
             logits = model(x).float()
         probs = F.softmax(logits, dim=1).detach()  # the selection reuses the training forward
         soft = state.soft_labels  # the identity until the first update, so the soft term is plain CE then
@@ -101,7 +101,12 @@ def grip_epoch(
 def estimate_soft_labels(model: torch.nn.Module, data: TrainingData, params: Params) -> torch.Tensor:
     """S from one evaluation pass: the class-average prediction of samples whose argmax is their label."""
     logits = loop.predict_logits(
-        model, data.train_images, mean=data.mean, std=data.std, batch_size=params.model.eval_batch_size
+        model,
+        data.train_images,
+        mean=data.mean,
+        std=data.std,
+        batch_size=params.model.eval_batch_size,
+        precision=params.runtime.precision,
     )
     state = grip.SoftLabelState.create(data.num_classes, device=logits.device)
     state.accumulate(F.softmax(logits, dim=1), data.train_labels)
@@ -162,7 +167,7 @@ def run(
         for name in results[0]:
             record[name] = [r[name] for r in results]
         record["train_seconds"] = timer.seconds
-        record.update(loop.evaluate(networks, data, params.model.eval_batch_size))
+        record.update(loop.evaluate(networks, data, params))
         history.append(record)
         loop.log_epoch("group_regularize", record)
         state_dict = loop.training_state(networks, optimizers, generators, epoch, history)

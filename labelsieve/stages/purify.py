@@ -66,6 +66,7 @@ def score(
                     mean=data.mean,
                     std=data.std,
                     batch_size=params.model.eval_batch_size,
+                    precision=params.runtime.precision,
                 ),
                 dim=1,
             )

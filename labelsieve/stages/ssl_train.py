@@ -72,7 +72,7 @@ def mixmatch_epoch(
         xb = labeled_order[step * cfg.batch_size : (step + 1) * cfg.batch_size].to(device)
         b = len(xb)
         x1, x2 = view(xb), view(xb)
-        with torch.no_grad(), autocast(x1.device):
+        with torch.no_grad(), autocast(x1.device, params.runtime.precision):
             if web_scale:
                 own = F.softmax(net(torch.cat([x1, x2])).float(), dim=1)
                 px1, px2 = own.split(b)
@@ -96,7 +96,7 @@ def mixmatch_epoch(
         mixed_x, mixed_t = mixmatch.mix(inputs, targets, lam, perm)
         rows = 2 * b  # the web-scale variant forwards only the mixed labeled rows
         mixed_x, mixed_t = (mixed_x[:rows], mixed_t[:rows]) if web_scale else (mixed_x, mixed_t)
-        with autocast(mixed_x.device):
+        with autocast(mixed_x.device, params.runtime.precision):
             logits = net(mixed_x).float()
         terms = mixmatch.mixmatch_losses(logits, mixed_t, rows)
         lambda_u = mixmatch.lambda_u_ramp(cfg.lambda_u, t, params.warmup.epochs, cfg.lambda_u_ramp_epochs)
@@ -213,7 +213,7 @@ def run(
                 for name in terms[0]:
                     record[name] = [t[name] for t in terms]
         record["train_seconds"] = timer.seconds
-        record.update(loop.evaluate(networks, data, params.model.eval_batch_size))
+        record.update(loop.evaluate(networks, data, params))
         history.append(record)
         loop.log_epoch("ssl_train", record)
         state = loop.training_state(networks, optimizers, generators, step, history)

@@ -61,7 +61,7 @@ def run(
             "epoch": epoch,
             "train_seconds": timer.seconds,
             "loss": losses,
-            **loop.evaluate(networks, data, params.model.eval_batch_size),
+            **loop.evaluate(networks, data, params),
         }
         history.append(record)
         loop.log_epoch("warmup", record)

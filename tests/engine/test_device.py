@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from labelsieve.engine.device import autocast, prepare_model, resolve_device
+from labelsieve.engine.device import autocast, prepare_model, resolve_device, use_bf16
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 without_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
@@ -37,13 +37,26 @@ def test_resolve_device_unknown_name_raises(name: str) -> None:
         resolve_device(name)
 
 
-def test_autocast_cpu_keeps_float32() -> None:
+def test_autocast_cpu_fp32_keeps_float32() -> None:
     a, b = torch.randn(4, 4), torch.randn(4, 4)
-    with autocast(torch.device("cpu")):
-        # CPU autocast, were it on, would run matmul in bf16.
+    with autocast(torch.device("cpu"), "fp32"):
         out = a @ b
     assert out.dtype == torch.float32
     assert not torch.is_autocast_enabled("cpu")
+
+
+def test_autocast_cpu_bf16_runs_matmul_in_bfloat16() -> None:
+    a, b = torch.randn(4, 4), torch.randn(4, 4)
+    with autocast(torch.device("cpu"), "bf16"):
+        assert (a @ b).dtype == torch.bfloat16
+
+
+def test_autocast_cpu_auto_follows_native_bf16_support() -> None:
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert use_bf16(torch.device("cpu"), "auto") == native
+    with autocast(torch.device("cpu")):
+        out = torch.randn(4, 4) @ torch.randn(4, 4)
+    assert out.dtype == (torch.bfloat16 if native else torch.float32)
 
 
 def test_prepare_model_cpu_ignores_channels_last() -> None:
