@@ -9,11 +9,7 @@ bootstrap:
 
 run: bootstrap
 	$(UV) run dvc repro
-	@$(UV) run python -c "import json; h = json.load(open('artifacts/ssl/history.json')) or \
-	json.load(open('artifacts/warmup/history.json')); n = json.load(open('artifacts/labels/noise.json')); \
-	print('actual noise rate %.3f; last epoch: test accuracy %.4f, noisy-val accuracy %.4f' % \
-	(n['train']['actual_noise_rate'], h[-1]['test_acc'], h[-1]['val_acc'])); \
-	print('networks: artifacts/ssl/net1.pt, net2.pt; co-divide: artifacts/ssl/partition.npz')"
+	@$(UV) run python scripts/summary.py
 
 test: bootstrap
 	$(UV) run ruff check .

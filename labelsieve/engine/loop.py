@@ -152,21 +152,23 @@ def predict_logits(
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 
+def logits_on(model: nn.Module, images: torch.Tensor, data: TrainingData, params: Params) -> torch.Tensor:
+    """(N, C) eval-mode logits of `model` on unaugmented uint8 `images`, in the run's batch and precision."""
+    return predict_logits(
+        model,
+        images,
+        mean=data.mean,
+        std=data.std,
+        batch_size=params.model.eval_batch_size,
+        precision=params.runtime.precision,
+    )
+
+
 def ensemble_logits(
     networks: Sequence[nn.Module], images: torch.Tensor, data: TrainingData, params: Params
 ) -> torch.Tensor:
     """(N, C) sum of the networks' logits: the DivideMix test prediction is its argmax."""
-    return sum(
-        predict_logits(
-            m,
-            images,
-            mean=data.mean,
-            std=data.std,
-            batch_size=params.model.eval_batch_size,
-            precision=params.runtime.precision,
-        )
-        for m in networks
-    )
+    return sum(logits_on(m, images, data, params) for m in networks)
 
 
 def evaluate(networks: Sequence[nn.Module], data: TrainingData, params: Params) -> dict[str, float]:

@@ -61,14 +61,7 @@ def divide(
     rows = {name: [] for name in ("losses", "normalised", "clean_prob", "labeled")}
     gmms, fell_back = [], []
     for k, model in enumerate(networks):
-        logits = loop.predict_logits(
-            model,
-            data.train_images,
-            mean=data.mean,
-            std=data.std,
-            batch_size=params.model.eval_batch_size,
-            precision=params.runtime.precision,
-        )
+        logits = loop.logits_on(model, data.train_images, data, params)
         losses = division.per_sample_loss(logits, data.train_labels)
         normalised = division.minmax_normalise(losses)
         if history is not None and len(history[k]):

@@ -100,14 +100,7 @@ def grip_epoch(
 
 def estimate_soft_labels(model: torch.nn.Module, data: TrainingData, params: Params) -> torch.Tensor:
     """S from one evaluation pass: the class-average prediction of samples whose argmax is their label."""
-    logits = loop.predict_logits(
-        model,
-        data.train_images,
-        mean=data.mean,
-        std=data.std,
-        batch_size=params.model.eval_batch_size,
-        precision=params.runtime.precision,
-    )
+    logits = loop.logits_on(model, data.train_images, data, params)
     state = grip.SoftLabelState.create(data.num_classes, device=logits.device)
     state.accumulate(F.softmax(logits, dim=1), data.train_labels)
     state.end_epoch(momentum=params.group_regularize.momentum)

@@ -58,21 +58,9 @@ def score(
 ) -> dict[str, torch.Tensor]:
     """Every score of every training sample, (N,) each, from the ensemble of `networks`."""
     probs = torch.stack(
-        [
-            F.softmax(
-                loop.predict_logits(
-                    m,
-                    data.train_images,
-                    mean=data.mean,
-                    std=data.std,
-                    batch_size=params.model.eval_batch_size,
-                    precision=params.runtime.precision,
-                ),
-                dim=1,
-            )
-            for m in networks
-        ]
-    ).mean(dim=0)
+        [F.softmax(loop.logits_on(m, data.train_images, data, params), dim=1) for m in networks]
+    )
+    probs = probs.mean(dim=0)
     soft = soft_labels.to(probs).mean(dim=0)
     soft = soft / soft.sum(dim=1, keepdim=True)
     confidence, predicted = probs.max(dim=1)
