@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -171,10 +172,12 @@ def main() -> None:
     parser.add_argument("--noise", default="sym50,asym40")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "cpu_profile"))
     parser.add_argument("--fresh", action="store_true", help="rerun runs that already have results")
+    parser.add_argument("--params", default=str(REPO / "params.yaml"), help="base params (copied at start)")
     args = parser.parse_args()
     out = Path(args.out)
     results = []
     with tempfile.TemporaryDirectory(prefix="labelsieve-bench-") as tmp:
+        shutil.copy(args.params, Path(tmp) / "params.yaml")  # immune to edits while it runs
         for noise in args.noise.split(","):
             for method in args.methods.split(","):
                 path = out / f"{noise}-{method}.json"

@@ -17,6 +17,7 @@ from labelsieve.config import load_params, preset_names
 from labelsieve.engine.device import resolve_device
 from labelsieve.errors import LabelsieveError
 from labelsieve.export import export
+from labelsieve.pipeline_cli import add_pipeline_command, run_pipeline_command
 from labelsieve.stages import STAGES
 
 
@@ -57,7 +58,35 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(stage=stage.name)
     _add_predict(commands)
     _add_export(commands)
+    add_pipeline_command(commands, [common])
+    _add_run(commands, common)
     return parser
+
+
+def _add_run(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    doc = "run every stage in order in this process (default artifact paths), then print the report's path"
+    sub = commands.add_parser("run", parents=[common], help=doc, description=doc)
+    sub.set_defaults(stage=None)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run `labelsieve run`: the whole DAG through the same run() functions dvc.yaml calls."""
+    summary: dict = {}
+    try:
+        params_file = args.params or ("params.yaml" if Path("params.yaml").is_file() else None)
+        params = load_params(params_file, presets=args.preset, overrides=args.overrides)
+        if params.runtime.threads:
+            torch.set_num_threads(params.runtime.threads)
+        for stage in STAGES.values():
+            print(f"labelsieve run: {stage.name} -> {stage.out_dir}", file=sys.stderr, flush=True)
+            summary = stage.run(params, **stage.inputs, out_dir=stage.out_dir)
+    except (LabelsieveError, FileNotFoundError) as err:
+        print(f"labelsieve run: error: {err}", file=sys.stderr)
+        return 2
+    # The last stage is evaluate: its summary is the headline numbers plus the report's path.
+    print(json.dumps(summary, indent=2, default=str))
+    print(f"report: {summary.get('report', '')}")
+    return 0
 
 
 def _add_export(commands: argparse._SubParsersAction) -> None:
@@ -132,6 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _predict(args)
     if args.command == "export":
         return _export(args)
+    if args.command == "pipeline":
+        return run_pipeline_command(args)
+    if args.command == "run":
+        return _run(args)
     stage = STAGES[args.stage]
     try:
         params_file = args.params or ("params.yaml" if Path("params.yaml").is_file() else None)

@@ -115,6 +115,10 @@ class IngestConfig:
     per_class_limit: int = bounded(0, 0, None, doc="keep the first n train images of each class; 0 = all")
     max_image_pixels: int = bounded(50_000_000, 1, None, doc="decoded width*height above this is a bomb")
     workers: int = bounded(0, 0, 64, doc="decode threads; 0 = one per CPU core")
+    # An existing dataset directory to add the source's new images to (retraining on a new crawl): images
+    # already there (same content hash) are skipped, old samples keep their split, label and index, and
+    # new ones are split by the same seeded rules. None: build the dataset from the source alone.
+    append_to: str | None = None
 
 
 @dataclass(frozen=True)
@@ -217,6 +221,14 @@ class RetrainConfig:
 
 
 @dataclass(frozen=True)
+class EvaluateConfig:
+    """`evaluate`: metrics, plots and the HTML report of the whole run."""
+
+    gallery_size: int = bounded(24, 0, 1000, doc="most suspicious training samples shown in the report")
+    thumbnail_px: int = bounded(64, 8, 512, doc="px; side of each gallery thumbnail (nearest upscaling)")
+
+
+@dataclass(frozen=True)
 class Params:
     """Every section of params.yaml."""
 
@@ -231,6 +243,7 @@ class Params:
     group_regularize: GroupRegularizeConfig = field(default_factory=GroupRegularizeConfig)
     purify: PurifyConfig = field(default_factory=PurifyConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     @property
     def total_epochs(self) -> int:

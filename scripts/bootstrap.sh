@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything labelsieve needs on a fresh Debian machine: uv, the locked Python dependencies
-# (uv.lock) and Debian's Fashion-MNIST package. Safe to run again; it only does what is missing.
+# (uv.lock), Debian's Fashion-MNIST package and chromium (the tests render report.html headless), and
+# makes data/raw, the raw input data.dvc tracks. Safe to run again; it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,10 +19,32 @@ fi
 
 missing=()
 [ -d /usr/share/datasets/fashion-mnist ] || missing+=(dataset-fashion-mnist)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# SeaweedFS (`weed`), the S3 server the object-storage tests start on 127.0.0.1. Optional: a release
+# without seaweedfs-bin (Debian 12) skips those tests; that answer is remembered per release.
+no_weed="${XDG_CACHE_HOME:-$HOME/.cache}/labelsieve/no-seaweedfs-bin-$(. /etc/os-release && echo "${VERSION_CODENAME:-}")"
+if ! command -v weed >/dev/null 2>&1 && [ ! -e "$no_weed" ]; then
+  sudo_if_needed apt-get update -qq
+  if apt-cache show seaweedfs-bin >/dev/null 2>&1; then
+    missing+=(seaweedfs-bin)
+  else
+    echo "bootstrap: seaweedfs-bin is not in this release's archive; the SeaweedFS tests will skip" >&2
+    mkdir -p "$(dirname "$no_weed")" && touch "$no_weed"
+  fi
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "bootstrap: apt-get install ${missing[*]}" >&2
   sudo_if_needed apt-get update -qq
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# The default raw input: the Fashion-MNIST files, byte for byte (data.dvc records their md5). A data/raw
+# that exists is left alone: it may hold a newer crawl.
+if [ ! -e data/raw ]; then
+  echo "bootstrap: data/raw <- /usr/share/datasets/fashion-mnist" >&2
+  rm -rf data/raw.tmp && mkdir -p data/raw.tmp  # copy aside, then rename: never a half-filled data/raw
+  cp /usr/share/datasets/fashion-mnist/*-ubyte.gz data/raw.tmp/
+  mv data/raw.tmp data/raw
 fi
 
 "${uv[@]}" sync --frozen --quiet

@@ -53,6 +53,21 @@ def list_keys(client: Any, bucket: str, prefix: str) -> Iterator[str]:
         raise StorageError(_explain(err, f"s3://{bucket}/{prefix}")) from err
 
 
+def list_prefixes(client: Any, bucket: str, prefix: str) -> Iterator[str]:
+    """The immediate sub-prefixes of `prefix` ("folders", each ending in "/").
+
+    Raises:
+        StorageError: as `list_keys`.
+    """
+    paginator = client.get_paginator("list_objects_v2")
+    try:
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+            for item in page.get("CommonPrefixes", []):
+                yield item["Prefix"]
+    except (ClientError, BotoCoreError) as err:
+        raise StorageError(_explain(err, f"s3://{bucket}/{prefix}")) from err
+
+
 def read_object(client: Any, bucket: str, key: str) -> bytes:
     """The bytes of one object. Raises StorageError with the URI on failure."""
     try:

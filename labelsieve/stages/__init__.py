@@ -13,6 +13,7 @@ from typing import Any
 
 from labelsieve.stages import (
     co_divide,
+    evaluate,
     group_regularize,
     ingest,
     inject_noise,
@@ -41,6 +42,7 @@ DIVIDE = f"{ARTIFACTS}/divide"
 SSL = f"{ARTIFACTS}/ssl"
 GROUP = f"{ARTIFACTS}/group"
 PURIFIED = f"{ARTIFACTS}/purified"
+MODEL = f"{ARTIFACTS}/model"
 
 STAGES: dict[str, Stage] = {
     stage.name: stage
@@ -76,7 +78,22 @@ STAGES: dict[str, Stage] = {
             "retrain",
             retrain.run,
             {"dataset_dir": DATASET, "labels_dir": LABELS, "purified_dir": PURIFIED},
-            f"{ARTIFACTS}/model",
+            MODEL,
+        ),
+        Stage(
+            "evaluate",
+            evaluate.run,
+            {
+                "dataset_dir": DATASET,
+                "labels_dir": LABELS,
+                "warmup_dir": WARMUP,
+                "divide_dir": DIVIDE,
+                "ssl_dir": SSL,
+                "group_dir": GROUP,
+                "purified_dir": PURIFIED,
+                "model_dir": MODEL,
+            },
+            f"{ARTIFACTS}/evaluate",
         ),
     )
 }

@@ -5,6 +5,10 @@ Steps: list candidates -> decode, convert and resize each into a disk-backed arr
 the test split (leakage) -> optional first-n-per-class subset -> seeded stratified test split (if the
 source has none) and validation split -> write the store. Every skipped sample is counted by reason
 and listed in ``ingest_report.json``; nothing vanishes silently.
+
+Append mode (``ingest.append_to``, retraining on a new crawl): the existing dataset's samples keep their
+split, index and label; new images already stored there (same content hash) are skipped as duplicates,
+and the rest are split by the same seeded rules and added after the old rows.
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ def run(params: Params, *, out_dir: str | Path) -> dict[str, Any]:
     classes = list(
         cfg.classes or listing.classes or sorted({c.label for c in listing.candidates if not c.rejected})
     )
+    base = _base_dataset(cfg.append_to, params) if cfg.append_to else None
+    if base is not None:  # old class indices stay; classes new to this crawl go after them
+        classes = base.classes + [name for name in classes if name not in base.classes]
     class_index = {name: k for k, name in enumerate(classes)}
     candidates = listing.candidates
     n = len(candidates)
@@ -79,7 +86,7 @@ def run(params: Params, *, out_dir: str | Path) -> dict[str, Any]:
         labels = np.array([class_index.get(c.label, -1) for c in candidates], dtype=np.int64)
         has_test = any(c.split == "test" for c in candidates)
         is_test = np.array([c.split == "test" for c in candidates], dtype=bool)
-        keep, conflicts = _deduplicate(candidates, hashes, labels, is_test, classes, skipped)
+        keep, conflicts = _deduplicate(candidates, hashes, labels, is_test, classes, skipped, _stored(base))
 
         train_pool = np.flatnonzero(keep & ~is_test)
         test_rows = np.flatnonzero(keep & is_test)
@@ -88,7 +95,10 @@ def run(params: Params, *, out_dir: str | Path) -> dict[str, Any]:
                 labels[train_pool], cfg.test_fraction, numpy_rng(params.runtime.seed, "test")
             )
             train_pool, test_rows = train_pool[~held], train_pool[held]
-        subset = splits.first_per_class(labels[train_pool], cfg.per_class_limit)
+        if base is None:
+            subset = splits.first_per_class(labels[train_pool], cfg.per_class_limit)
+        else:
+            subset = _within_quota(labels[train_pool], cfg.per_class_limit, _train_counts(base, len(classes)))
         excluded_by_limit = int((~subset).sum())
         train_pool = train_pool[subset]
         held = splits.stratified_holdout(
@@ -96,7 +106,8 @@ def run(params: Params, *, out_dir: str | Path) -> dict[str, Any]:
         )
         split_rows = {"train": train_pool[~held], "val": train_pool[held], "test": test_rows}
 
-        counts = {split: len(members) for split, members in split_rows.items()}
+        old = {split: 0 if base is None else len(base.samples[split]["id"]) for split in store.SPLITS}
+        counts = {split: old[split] + len(members) for split, members in split_rows.items()}
         reasons = Counter(item["reason"] for item in skipped)
         report = {
             "source": listing.name,
@@ -108,7 +119,10 @@ def run(params: Params, *, out_dir: str | Path) -> dict[str, Any]:
             "label_conflicts": conflicts,
             "skipped": skipped,
         }
-        problem = _emptiness(listing.name, classes, labels, split_rows, reasons)
+        if base is not None:
+            report["appended_to"] = str(cfg.append_to)
+            report["added"] = {split: len(members) for split, members in split_rows.items()}
+        problem = None if base is not None else _emptiness(listing.name, classes, labels, split_rows, reasons)
         if problem:
             failed_report = Path(out_dir).with_name(Path(out_dir).name + ".failed_ingest_report.json")
             write_json(failed_report, report)
@@ -116,13 +130,19 @@ def run(params: Params, *, out_dir: str | Path) -> dict[str, Any]:
         rows = []
         for split, members in split_rows.items():
             out = np.lib.format.open_memmap(
-                tmp / f"{split}.npy", mode="w+", dtype=np.uint8, shape=(len(members), *shape)
+                tmp / f"{split}.npy", mode="w+", dtype=np.uint8, shape=(counts[split], *shape)
             )
+            if base is not None:  # the old rows first, unchanged
+                out[: old[split]] = base.images(split)
+                t = base.samples[split]
+                old_rows = zip(t["id"], t["index"], t["label"], t["source"], t["sha256"], strict=True)
+                rows += [(str(i), split, int(k), int(y), str(s), str(h)) for i, k, y, s, h in old_rows]
             for start in range(0, len(members), 4096):
-                out[start : start + 4096] = work[members[start : start + 4096]]
+                end = old[split] + start + len(members[start : start + 4096])
+                out[old[split] + start : end] = work[members[start : start + 4096]]
             out.flush()
             del out
-            for index, i in enumerate(members):
+            for index, i in enumerate(members, start=old[split]):
                 sha = hashes[i]
                 rows.append((sha[:16], split, index, int(labels[i]), candidates[i].source, sha))
         del work
@@ -130,7 +150,7 @@ def run(params: Params, *, out_dir: str | Path) -> dict[str, Any]:
 
         meta = {
             "format_version": store.FORMAT_VERSION,
-            "source": listing.name,
+            "source": listing.name if base is None else f"{base.meta['source']} + {listing.name}",
             "image_size": data.image_size,
             "channels": data.channels,
             "num_classes": len(classes),
@@ -182,11 +202,16 @@ def _deduplicate(
     is_test: np.ndarray,
     classes: list[str],
     skipped: list[dict[str, str]],
+    stored: dict[str, tuple[str, str]] | None = None,
 ) -> tuple[np.ndarray, list[dict[str, str]]]:
     """Keep the first of each exact duplicate within a split; drop train images found in test.
 
+    `stored` maps the content hash of each sample already in an appended-to dataset to (split, source);
+    such an image is skipped as a duplicate, whatever split it is stored in.
+
     Returns the keep mask (N,) and the label conflicts among duplicates. Skips are appended to `skipped`.
     """
+    stored = stored or {}
     keep = np.array([h is not None for h in hashes], dtype=bool)
     conflicts: list[dict[str, str]] = []
     first_test: dict[str, int] = {}
@@ -200,7 +225,11 @@ def _deduplicate(
         if sha is None:
             continue
         seen = first_test if is_test[i] else first_train
-        if sha in seen:
+        if sha in stored:
+            keep[i] = False
+            split, where = stored[sha]
+            skipped.append(_skip_entry(candidates[i], DUPLICATE, f"already stored ({split}) as {where}"))
+        elif sha in seen:
             kept = seen[sha]
             keep[i] = False
             detail = f"same pixels as {candidates[kept].source}"
@@ -227,6 +256,54 @@ def _deduplicate(
         else:
             seen[sha] = i
     return keep, conflicts
+
+
+def _base_dataset(path: str, params: Params) -> store.Dataset:
+    """The dataset to append to, checked against the image format the params ask for.
+
+    Raises:
+        store.DatasetError: `path` is not a dataset.
+        IngestError: its image size or channels differ from `params.data`.
+    """
+    base = store.load_dataset(Path(path).expanduser())
+    stored = (base.meta["image_size"], base.meta["channels"])
+    wanted = (params.data.image_size, params.data.channels)
+    if stored != wanted:
+        raise IngestError(
+            f"ingest.append_to {path}: images are {stored[0]} px with {stored[1]} channel(s), but data asks "
+            f"for {wanted[0]} px with {wanted[1]}; set data.image_size and data.channels to match"
+        )
+    return base
+
+
+def _stored(base: store.Dataset | None) -> dict[str, tuple[str, str]]:
+    """Content hash -> (split, source) of every sample already in `base` (empty without one)."""
+    if base is None:
+        return {}
+    return {
+        sha: (split, str(source))
+        for split, table in base.samples.items()
+        for sha, source in zip(table["sha256"], table["source"], strict=True)
+    }
+
+
+def _train_counts(base: store.Dataset, num_classes: int) -> np.ndarray:
+    """(C,) samples per class already in `base`'s train and val splits (what per_class_limit counts)."""
+    labels = np.concatenate([base.samples["train"]["label"], base.samples["val"]["label"]])
+    return np.bincount(labels, minlength=num_classes)
+
+
+def _within_quota(labels: np.ndarray, limit: int, already: np.ndarray) -> np.ndarray:
+    """Mask (N,) keeping, in order, the samples of each class c until `already[c]` + kept reaches `limit`."""
+    if limit <= 0:
+        return np.ones(len(labels), dtype=bool)
+    taken = already.astype(np.int64).copy()
+    keep = np.zeros(len(labels), dtype=bool)
+    for i, c in enumerate(labels):
+        if taken[c] < limit:
+            keep[i] = True
+            taken[c] += 1
+    return keep
 
 
 def _emptiness(

@@ -1,0 +1,7 @@
+"""The image every labelsieve component runs in: the project image built from the repository Dockerfile.
+
+`build_pipeline(image=...)` (or `labelsieve pipeline compile --image REGISTRY/labelsieve:TAG`) points the
+compiled pipeline at a pushed copy; the default is the local tag the Dockerfile documents.
+"""
+
+IMAGE = "labelsieve:latest"

@@ -1,0 +1,337 @@
+"""The evaluate stage's PNG figures (matplotlib, Agg) and its one-file HTML report.
+
+The report is self-contained: every image, figures and gallery thumbnails alike, is an inline base64
+``data:image/png`` URI, and there is no external script, style sheet or font, so it can be mailed, attached
+to a Kubeflow run as an HTML artifact or opened from a DVC cache without its folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from labelsieve.atomic import write_bytes, write_text
+from labelsieve.config import Params
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the headless Agg backend, imported on first use.
+
+    Importing it costs about a second, which every `labelsieve` command would pay through the stage
+    registry otherwise; only the evaluate stage draws.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on CI, in pods or under dvc repro
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# Fixed PNG metadata keeps the figures byte-identical between runs of the same matplotlib version.
+_PNG_METADATA = {"Software": None}
+STAGE_COLOURS = {
+    "warmup": "#8da0cb",
+    "ssl_train": "#66c2a5",
+    "group_regularize": "#fc8d62",
+    "retrain": "#e78ac3",
+}
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, metadata=_PNG_METADATA)
+    _pyplot().close(fig)
+    write_bytes(path, buffer.getvalue())
+    return path
+
+
+def figures(
+    directory: Path,
+    *,
+    curves: list[dict[str, Any]],
+    histograms: dict[str, Any],
+    confusion: np.ndarray,
+    classes: Sequence[str],
+    roc: dict[str, list[float]] | None,
+    auroc: float | None,
+) -> dict[str, Path]:
+    """Write the PNG figures into `directory`; returns title -> path, in report order.
+
+    Args:
+        curves: training_curves rows (step, stage, epoch, val_acc, test_acc).
+        histograms: evaluate.loss_histograms() output: per source, bin edges and per-network counts + GMM.
+        confusion: (C, C) counts, rows true, columns predicted.
+        roc: {"fpr": [...], "tpr": [...]} of 1 − clean probability, or None without ground truth.
+    """
+    plt = _pyplot()
+    out: dict[str, Path] = {}
+    if curves:
+        fig, ax = plt.subplots(figsize=(8, 3.6))
+        steps = np.array([r["step"] for r in curves])
+        for stage in dict.fromkeys(r["stage"] for r in curves):
+            mask = np.array([r["stage"] == stage for r in curves])
+            ax.axvspan(
+                steps[mask].min() - 0.5, steps[mask].max() + 0.5, color=STAGE_COLOURS.get(stage), alpha=0.15
+            )
+            ax.text(
+                steps[mask].mean(), 0.02, stage, ha="center", fontsize=8, transform=ax.get_xaxis_transform()
+            )
+        ax.plot(steps, [r["test_acc"] for r in curves], "o-", ms=3, label="test accuracy")
+        ax.plot(steps, [r["val_acc"] for r in curves], "s--", ms=3, label="noisy-validation accuracy")
+        ax.set_xlabel("epoch (all training stages in DAG order)")
+        ax.set_ylabel("accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+        fig.tight_layout()
+        out["Training curves"] = _save(fig, directory / "training_curves.png")
+    if histograms:
+        out["Co-divide loss histograms"] = _save(
+            _histogram_figure(histograms), directory / "loss_histogram.png"
+        )
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    ax.imshow(confusion, cmap="Blues")
+    for (i, j), count in np.ndenumerate(confusion):
+        colour = "white" if count > confusion.max() / 2 else "black"
+        ax.text(j, i, str(count), ha="center", va="center", fontsize=7, color=colour)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(classes)), classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix of the final model (test split)")
+    fig.tight_layout()
+    out["Confusion matrix"] = _save(fig, directory / "confusion.png")
+    if roc is not None:
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        ax.plot(
+            roc["fpr"], roc["tpr"], label="1 − clean probability" + (f" (AUROC {auroc:.4f})" if auroc else "")
+        )
+        ax.plot([0, 1], [0, 1], ":", color="grey")
+        ax.set_xlabel("false-positive rate (clean samples flagged)")
+        ax.set_ylabel("true-positive rate (noisy samples flagged)")
+        ax.set_title("Label-noise detection ROC")
+        ax.legend(loc="lower right", fontsize=8)
+        fig.tight_layout()
+        out["Noise-detection ROC"] = _save(fig, directory / "roc.png")
+    return out
+
+
+def _histogram_figure(histograms: dict[str, Any]) -> Figure:
+    plt = _pyplot()
+    rows = list(histograms)
+    cols = max(len(histograms[name]["networks"]) for name in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(4.2 * cols, 3.0 * len(rows)), squeeze=False)
+    for r, name in enumerate(rows):
+        edges = np.asarray(histograms[name]["bin_edges"])
+        centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+        for k in range(cols):
+            ax = axes[r][k]
+            if k >= len(histograms[name]["networks"]):
+                ax.axis("off")
+                continue
+            net = histograms[name]["networks"][k]
+            if "truly_clean" in net:
+                ax.bar(centres, net["truly_clean"], width, color="#66c2a5", label="truly clean")
+                ax.bar(
+                    centres,
+                    net["truly_noisy"],
+                    width,
+                    bottom=net["truly_clean"],
+                    color="#fc8d62",
+                    label="truly noisy",
+                )
+            else:
+                ax.bar(centres, net["all"], width, color="#8da0cb", label="all samples")
+            ax.plot(centres, net["gmm_clean"], "-", color="#1b7837", label="GMM clean component")
+            ax.plot(centres, net["gmm_noisy"], "-", color="#b2182b", label="GMM noisy component")
+            ax.set_title(f"{name}, network {k + 1}", fontsize=9)
+            ax.set_xlabel("normalised per-sample loss", fontsize=8)
+            ax.tick_params(labelsize=7)
+            if r == 0 and k == 0:
+                ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+# metrics.json key -> its label in the report's headline table, in display order.
+HEADLINE = {
+    "test_acc": "test accuracy of the final model, last epoch",
+    "test_acc_best_val_epoch": "test accuracy at the epoch chosen on noisy validation",
+    "best_val_epoch": "that epoch (0-based, within the final stage)",
+    "test_macro_f1": "macro F1 on the test split",
+    "noise_rate_actual": "actual noise rate of the training labels",
+    "detection.precision": "noise detection: precision of the flagged samples",
+    "detection.recall": "noise detection: recall",
+    "detection.f1": "noise detection: F1",
+    "detection.auroc": "noise detection: AUROC of 1 − clean probability",
+    "detection.relabel_accuracy": "accuracy of the relabels",
+    "noise_rate_after_purify": "label noise left after purify (kept + relabelled)",
+}
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def thumbnail(image: np.ndarray, size: int) -> bytes:
+    """PNG bytes of a uint8 (C, H, W) image scaled to `size` px, nearest neighbour (pixels stay visible)."""
+    pixels = np.asarray(image)
+    picture = (
+        Image.fromarray(pixels[0], mode="L")
+        if pixels.shape[0] == 1
+        else Image.fromarray(pixels.transpose(1, 2, 0), mode="RGB")
+    )
+    buffer = io.BytesIO()
+    picture.resize((size, size), Image.Resampling.NEAREST).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return html.escape(str(value))
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 1.6em; }
+table { border-collapse: collapse; margin: .5em 0; font-size: .9em; }
+th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: right; }
+th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
+.headline td:nth-child(2) { font-weight: bold; }
+figure { margin: 1em 0; } figcaption { font-size: .9em; color: #555; }
+.gallery { display: flex; flex-wrap: wrap; gap: .8em; }
+.card { border: 1px solid #ddd; padding: .4em; font-size: .78em; width: 9.5em; }
+.card img { display: block; margin: 0 auto .3em; image-rendering: pixelated; }
+.drop { color: #b2182b; } .relabel { color: #d95f02; } .keep { color: #1b7837; }
+pre { background: #f8f8f8; padding: .8em; font-size: .8em; overflow-x: auto; }
+"""
+
+
+def write_html(
+    path: Path,
+    *,
+    params: Params,
+    evaluation: dict[str, Any],
+    figures: dict[str, Path],
+    gallery: list[dict[str, Any]],
+    thumbnail_px: int,
+    has_truth: bool,
+) -> None:
+    """Write report.html: params, headline numbers, per-stage and per-class tables, figures, gallery."""
+    noise = evaluation["noise"]
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<title>labelsieve report</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        "<h1>labelsieve report</h1>",
+        f"<p>Dataset <b>{_fmt(params.ingest.source)}</b>, {len(evaluation['classes'])} classes; noise "
+        f"<b>{_fmt(noise['mode'])} {_fmt(noise['rate'])}</b> (seed {noise['seed']}); final model: "
+        f"<b>{_fmt(evaluation['final_stage'])}</b> (<code>{_fmt(evaluation['final_model'])}</code>), "
+        f"network <b>{_fmt(params.model.name)}</b>.</p>",
+        "<h2>Headline numbers</h2>",
+        "<table class='headline'><tbody>"
+        + "".join(
+            f"<tr><td>{html.escape(label)}</td><td>{_fmt(evaluation['metrics'][key])}</td></tr>"
+            for key, label in HEADLINE.items()
+            if key in evaluation["metrics"]
+        )
+        + "</tbody></table>",
+        "<p>The best epoch is chosen on the noisy validation split, never on the test split. "
+        f"Seed {params.runtime.seed}; {html.escape(evaluation.get('environment', ''))}. Every figure is "
+        "also in <code>metrics.json</code> (flat) and <code>evaluation.json</code>.</p>",
+        "<h2>Training stages</h2>",
+        "<p>Passed through (0 epochs): "
+        + (html.escape(", ".join(evaluation["passed_through"])) or "none")
+        + ". co_divide and purify always run; evaluate scores the last stage that trained.</p>",
+        _table(
+            [
+                "stage",
+                "epochs",
+                "last-epoch test acc",
+                "noisy-val acc",
+                "best-val epoch",
+                "its test acc",
+                "train s",
+            ],
+            [
+                [
+                    name,
+                    f.get("epochs_run"),
+                    f.get("test_acc"),
+                    f.get("val_acc"),
+                    f.get("best_val_epoch"),
+                    f.get("best_val_test_acc"),
+                    f.get("train_seconds"),
+                ]
+                for name, f in evaluation["stages"].items()
+            ],
+        ),
+    ]
+    purify = evaluation["purify"]
+    if purify.get("decisions"):
+        parts.append("<h2>Purification</h2>")
+        parts.append(_table(["decision", "samples"], list(purify["decisions"].items())))
+        if purify.get("detection"):
+            parts.append(
+                _table(["detection (against the injected truth)", "value"], list(purify["detection"].items()))
+            )
+    test = evaluation["test"]
+    parts.append("<h2>Per-class figures of the final model (test split)</h2>")
+    parts.append(
+        _table(
+            ["class", "precision", "recall", "F1", "support"],
+            [[c, v["precision"], v["recall"], v["f1"], v["support"]] for c, v in test["per_class"].items()],
+        )
+    )
+    parts.append("<h2>Plots</h2>")
+    for title, figure in figures.items():
+        parts.append(
+            f"<figure><img alt='{html.escape(title)}' src='{_data_uri(figure.read_bytes())}'>"
+            f"<figcaption>{html.escape(title)}</figcaption></figure>"
+        )
+    parts.append("<h2>Most suspicious training samples</h2>")
+    if gallery:
+        parts.append(
+            f"<p>The {len(gallery)} training samples with the lowest clean probability (purify's manifest), "
+            "with the label they came with, the ensemble's prediction and purify's decision.</p>"
+            "<div class='gallery'>"
+        )
+        for row in gallery:
+            truth = f"<br>true: {html.escape(row['true_label'])}" if has_truth and "true_label" in row else ""
+            new = f" → {html.escape(row['new_label'])}" if row["decision"] == "relabel" else ""
+            decision = html.escape(row["decision"])
+            parts.append(
+                f"<div class='card'><img alt='sample {html.escape(row['id'])}' width='{thumbnail_px}' "
+                f"height='{thumbnail_px}' src='{_data_uri(thumbnail(row['image'], thumbnail_px))}'>"
+                f"given: {html.escape(row['given_label'])}"
+                f"<br>predicted: {html.escape(row['predicted_label'])}"
+                f"<br>clean score: {float(row['clean_prob']):.3f}<br>decision: "
+                f"<span class='{decision}'>{decision}{new}</span>{truth}</div>"
+            )
+        parts.append("</div>")
+    else:
+        parts.append("<p>No purify manifest: nothing to show.</p>")
+    parts.append("<h2>Resolved params</h2>")
+    parts.append(f"<pre>{html.escape(yaml.safe_dump(params.to_dict(), sort_keys=False))}</pre>")
+    parts.append("</body></html>")
+    write_text(path, "\n".join(parts) + "\n")

@@ -1,0 +1,388 @@
+"""Stage 9, `evaluate`: the figures of the whole run, its plots and one self-contained HTML report.
+
+The final model is the last training stage that trained: `retrain` if ``retrain.epochs > 0``, else
+`group_regularize`, else `ssl_train`, else `warmup` (a stage with 0 epochs passes through and leaves an empty
+history). Its figures:
+- test accuracy at the last epoch, and at the epoch chosen on the noisy validation split (never on test);
+- per-class precision, recall and F1 and the confusion matrix on the test split, from the model package
+  (`retrain`) or the ensemble of that stage's networks (summed logits);
+- with injected noise: purify's detection figures (precision, recall, F1, AUROC, relabel accuracy) and the
+  actual noise rate of the training labels.
+
+Outputs:
+- ``metrics.json``: flat headline numbers (for `dvc metrics show`);
+- ``evaluation.json``: everything, nested: final stage, stages passed through, per-stage figures, per-class
+  table, confusion matrix, purify's decisions and detection figures, machine and versions, resolved params;
+- ``plots/``: plot data for `dvc plots show`: ``training_curves.csv`` (every stage's epochs on one step
+  axis), ``loss_histogram.csv`` (the last co-divide, network 1, with its fitted GMM scaled to counts),
+  ``loss_histograms.json`` (every co-divide and network), ``confusion.csv`` (one row per test sample:
+  actual, predicted) and ``roc.csv`` (ROC of 1 − clean probability, where the truth is known);
+- ``figures/*.png`` and ``report.html`` (labelsieve/report.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from labelsieve import report
+from labelsieve.atomic import atomic_dir, write_csv, write_json
+from labelsieve.config import Params
+from labelsieve.engine import loop
+from labelsieve.engine.device import resolve_device
+from labelsieve.engine.resident import TrainingData
+from labelsieve.maths import metrics
+from labelsieve.package import labelsieve_version, load_package
+
+# Training stages in DAG order: (stage name, run() keyword of its output directory).
+TRAINING_STAGES = (
+    ("warmup", "warmup_dir"),
+    ("ssl_train", "ssl_dir"),
+    ("group_regularize", "group_dir"),
+    ("retrain", "model_dir"),
+)
+
+
+@dataclass(frozen=True)
+class StageHistory:
+    """One training stage's per-epoch records (its history.json; empty when the stage passed through)."""
+
+    name: str
+    history: list[dict[str, Any]]
+
+
+def configured_epochs(params: Params) -> dict[str, int]:
+    """Each training stage's configured epoch budget; 0 means it passes its input through."""
+    return {
+        "warmup": params.warmup.epochs,
+        "ssl_train": params.ssl_train.epochs,
+        "group_regularize": params.group_regularize.epochs,
+        "retrain": params.retrain.epochs,
+    }
+
+
+def final_stage(params: Params) -> str:
+    """The last training stage with epochs > 0 (warmup when none trained: its networks are the model)."""
+    configured = configured_epochs(params)
+    trained = [name for name, _ in TRAINING_STAGES if configured[name] > 0]
+    return trained[-1] if trained else "warmup"
+
+
+def read_history(directory: str | Path) -> list[dict[str, Any]]:
+    """A stage's history.json, or [] when the stage wrote none."""
+    path = Path(directory) / "history.json"
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def accuracy_figures(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Last-epoch and best-noisy-validation-epoch accuracies of one history (empty dict if no epochs)."""
+    if not history:
+        return {}
+    last, best = history[-1], loop.best_epoch(history)
+    return {
+        "epochs_run": len(history),
+        "test_acc": last["test_acc"],
+        "val_acc": last["val_acc"],
+        "best_val_epoch": best.get("epoch"),
+        "best_val_test_acc": best.get("test_acc"),
+        "train_seconds": float(sum(h.get("train_seconds", 0.0) for h in history)),
+    }
+
+
+def classification_figures(
+    true_labels: np.ndarray, predicted: np.ndarray, classes: list[str]
+) -> dict[str, Any]:
+    """Accuracy, macro F1, per-class precision / recall / F1 and the (C, C) confusion matrix (true, pred)."""
+    matrix = metrics.confusion_matrix(true_labels, predicted, len(classes))
+    table = metrics.per_class(matrix)
+    return {
+        "accuracy": float(np.mean(true_labels == predicted)) if len(true_labels) else float("nan"),
+        "macro_f1": float(np.mean(table["f1"])),
+        "per_class": {
+            name: {key: table[key][c] for key in ("precision", "recall", "f1")}
+            | {"support": int(matrix[c].sum())}
+            for c, name in enumerate(classes)
+        },
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def flat_metrics(
+    final: str,
+    stages: dict[str, dict[str, Any]],
+    test: dict[str, Any],
+    detection: dict[str, Any] | None,
+    noise_rate: float | None,
+) -> dict[str, float | int]:
+    """The headline numbers as one flat mapping of numbers (NaN and None left out: not valid JSON metrics)."""
+    final_figures = stages.get(final, {})
+    out: dict[str, Any] = {
+        "test_acc": test["accuracy"],
+        "test_acc_best_val_epoch": final_figures.get("best_val_test_acc", test["accuracy"]),
+        "best_val_epoch": final_figures.get("best_val_epoch"),
+        "val_acc": final_figures.get("val_acc"),
+        "test_macro_f1": test["macro_f1"],
+    }
+    for name, figures in stages.items():
+        for key in ("test_acc", "best_val_test_acc", "train_seconds"):
+            out[f"{name}.{key}"] = figures.get(key)
+    if noise_rate is not None:
+        out["noise_rate_actual"] = noise_rate
+    if detection:
+        out.update(
+            {
+                "detection.precision": detection["precision"],
+                "detection.recall": detection["recall"],
+                "detection.f1": detection["f1"],
+                "detection.auroc": detection["auroc_clean_prob"],
+                "detection.relabel_accuracy": detection.get("relabel_accuracy"),
+                "noise_rate_after_purify": detection.get("noise_rate_after"),
+            }
+        )
+    return {k: v for k, v in out.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
+
+
+def training_curves(histories: list[StageHistory]) -> list[dict[str, Any]]:
+    """Every stage's epochs in DAG order on one `step` axis (rows for training_curves.csv)."""
+    rows = []
+    for stage in histories:
+        for record in stage.history:
+            rows.append(
+                {
+                    "step": len(rows),
+                    "stage": stage.name,
+                    "epoch": record["epoch"],
+                    "val_acc": record["val_acc"],
+                    "test_acc": record["test_acc"],
+                    "train_seconds": record.get("train_seconds", 0.0),
+                }
+            )
+    return rows
+
+
+def gmm_counts(entry: dict[str, Any], edges: np.ndarray) -> dict[str, np.ndarray]:
+    """The fitted 2-component GMM of one histogram.json network entry as expected counts per bin.
+
+    Component densities are integrated over each bin by the midpoint rule and scaled by the sample count,
+    so they overlay the histogram; the low-mean component is the clean one (§2.1).
+    """
+    n = float(np.sum(entry["all"]))
+    centres = (edges[:-1] + edges[1:]) / 2
+    width = np.diff(edges)
+    weights, means, variances = (
+        np.asarray(entry[k], dtype=np.float64) for k in ("weights", "means", "variances")
+    )
+    density = [
+        weights[k]
+        * np.exp(-0.5 * (centres - means[k]) ** 2 / variances[k])
+        / np.sqrt(2 * np.pi * variances[k])
+        for k in range(len(weights))
+    ]
+    clean = int(np.argmin(means))
+    return {
+        "gmm_clean": n * width * density[clean],
+        "gmm_noisy": n * width * sum(d for k, d in enumerate(density) if k != clean),
+    }
+
+
+def loss_histograms(sources: dict[str, Path]) -> dict[str, Any]:
+    """Every available histogram.json (co_divide's, ssl_train's final), each network with its GMM counts."""
+    out = {}
+    for name, directory in sources.items():
+        path = directory / "histogram.json"
+        if not path.is_file():
+            continue
+        raw = json.loads(path.read_text())
+        edges = np.asarray(raw["bin_edges"], dtype=np.float64)
+        networks = []
+        for entry in raw["networks"]:
+            fitted = gmm_counts(entry, edges)
+            networks.append({**entry, **{k: v.tolist() for k, v in fitted.items()}})
+        out[name] = {"bin_edges": edges.tolist(), "networks": networks}
+    return out
+
+
+def read_manifest(purified_dir: str | Path) -> list[dict[str, str]]:
+    """purify's manifest.csv rows, or [] when purify wrote none."""
+    path = Path(purified_dir) / "manifest.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def suspicious(manifest: list[dict[str, str]], count: int) -> list[dict[str, str]]:
+    """The `count` training samples with the lowest clean probability.
+
+    Many noisy samples share a clean probability of 0 after a confident GMM, so ties go to the larger JS
+    divergence from the given class's soft label (GRIP's score), then to the lower index (deterministic).
+    """
+    ranked = sorted(
+        manifest, key=lambda row: (float(row["clean_prob"]), -float(row["js_given"]), int(row["index"]))
+    )
+    return ranked[:count]
+
+
+def final_predictions(
+    final: str, directory: Path, data: TrainingData, params: Params, device: torch.device
+) -> np.ndarray:
+    """(N_test,) predicted classes of the final model: the package for retrain, else the stage's ensemble."""
+    if final == "retrain":
+        model, meta = load_package(directory, device)
+        logits = loop.predict_logits(
+            model,
+            data.test_images,
+            mean=meta["mean"],
+            std=meta["std"],
+            batch_size=params.model.eval_batch_size,
+            precision=params.runtime.precision,
+        )
+    else:
+        networks = loop.load_networks(directory, params, data, device)
+        logits = loop.ensemble_logits(networks, data.test_images, data, params)
+    return logits.argmax(dim=1).cpu().numpy()
+
+
+def run(
+    params: Params,
+    *,
+    dataset_dir: str | Path,
+    labels_dir: str | Path,
+    warmup_dir: str | Path,
+    ssl_dir: str | Path,
+    group_dir: str | Path,
+    purified_dir: str | Path,
+    model_dir: str | Path,
+    out_dir: str | Path,
+    divide_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate the run: write metrics.json, evaluation.json, plots/, figures/ and report.html.
+
+    Args:
+        divide_dir: the co_divide stage's output, for its loss histogram (optional: ssl_train's final
+            co-divide is in `ssl_dir` either way).
+
+    Returns:
+        The flat headline numbers of metrics.json plus ``final_stage`` and ``report`` (its path).
+    """
+    device = resolve_device(params.runtime.device)
+    data = TrainingData.load(dataset_dir, labels_dir, device)
+    dirs = {"warmup_dir": warmup_dir, "ssl_dir": ssl_dir, "group_dir": group_dir, "model_dir": model_dir}
+    histories = [StageHistory(name, read_history(dirs[key])) for name, key in TRAINING_STAGES]
+    stages = {h.name: accuracy_figures(h.history) for h in histories if h.history}
+    final = final_stage(params)  # from the params: a stage that passed through left an empty history
+    final_dir = Path(dirs[dict(TRAINING_STAGES)[final]])
+    classes = list(data.dataset.classes)
+    true_test = data.test_labels.cpu().numpy()
+    predicted = final_predictions(final, final_dir, data, params, device)
+    test = classification_figures(true_test, predicted, classes)
+
+    noise = json.loads((Path(labels_dir) / "noise.json").read_text())
+    has_truth = data.train_true_labels is not None
+    noise_rate = float(noise["train"]["actual_noise_rate"]) if has_truth else None
+    summary_path = Path(purified_dir) / "summary.json"
+    purify_summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    detection = purify_summary.get("detection") if has_truth else None
+    manifest = read_manifest(purified_dir)
+    roc = None
+    if has_truth and manifest:
+        noisy = np.array([row["given_label"] != row["true_label"] for row in manifest])
+        clean_prob = np.array([float(row["clean_prob"]) for row in manifest])
+        roc = metrics.roc_curve(1.0 - clean_prob, noisy)
+
+    headline = flat_metrics(final, stages, test, detection, noise_rate)
+    sources = {"co_divide": divide_dir, "ssl_train": ssl_dir}
+    histograms = loss_histograms({name: Path(d) for name, d in sources.items() if d is not None})
+    evaluation = {
+        "final_stage": final,
+        "final_model": str(final_dir),
+        "classes": classes,
+        "test": test,
+        "stages": stages,
+        "passed_through": [name for name, epochs in configured_epochs(params).items() if epochs == 0],
+        "noise": {k: noise[k] for k in ("mode", "rate", "seed")} | {"actual_noise_rate": noise_rate},
+        "purify": {"decisions": purify_summary.get("decisions"), "detection": detection},
+        "metrics": headline,
+        "environment": _environment(device),
+        "params": params.to_dict(),
+    }
+    gallery = [
+        {**row, "image": data.dataset.images("train")[int(row["index"])]}
+        for row in suspicious(manifest, params.evaluate.gallery_size)
+    ]
+    with atomic_dir(out_dir) as tmp:
+        write_json(tmp / "metrics.json", headline)
+        write_json(tmp / "evaluation.json", evaluation)
+        _write_plot_data(tmp / "plots", histories, histograms, true_test, predicted, classes, roc)
+        figures = report.figures(
+            tmp / "figures",
+            curves=training_curves(histories),
+            histograms=histograms,
+            confusion=np.asarray(test["confusion_matrix"]),
+            classes=classes,
+            roc=roc,
+            auroc=None if not detection else detection.get("auroc_clean_prob"),
+        )
+        report.write_html(
+            tmp / "report.html",
+            params=params,
+            evaluation=evaluation,
+            figures=figures,
+            gallery=gallery,
+            thumbnail_px=params.evaluate.thumbnail_px,
+            has_truth=has_truth,
+        )
+    return {"final_stage": final, **headline, "report": str(Path(out_dir) / "report.html")}
+
+
+def _write_plot_data(
+    directory: Path,
+    histories: list[StageHistory],
+    histograms: dict[str, Any],
+    true_test: np.ndarray,
+    predicted: np.ndarray,
+    classes: list[str],
+    roc: dict[str, list[float]] | None,
+) -> None:
+    curves = training_curves(histories)
+    columns = ["step", "stage", "epoch", "val_acc", "test_acc", "train_seconds"]
+    write_csv(directory / "training_curves.csv", columns, [[r[c] for c in columns] for r in curves])
+    write_json(directory / "loss_histograms.json", histograms)
+    if histograms:
+        # The run's last co-divide (ssl_train's final one), network 1: the histogram dvc plots shows.
+        last = histograms[list(histograms)[-1]]
+        edges = np.asarray(last["bin_edges"])
+        net = last["networks"][0]
+        centres = (edges[:-1] + edges[1:]) / 2
+        header = ["loss", "count", "gmm_clean", "gmm_noisy"]
+        rows = [
+            [f"{centres[i]:.4f}", net["all"][i], f"{net['gmm_clean'][i]:.3f}", f"{net['gmm_noisy'][i]:.3f}"]
+            for i in range(len(centres))
+        ]
+        write_csv(directory / "loss_histogram.csv", header, rows)
+    write_csv(
+        directory / "confusion.csv",
+        ["actual", "predicted"],
+        [[classes[a], classes[p]] for a, p in zip(true_test, predicted, strict=True)],
+    )
+    if roc is not None:
+        write_csv(directory / "roc.csv", ["fpr", "tpr"], list(zip(roc["fpr"], roc["tpr"], strict=True)))
+
+
+def _environment(device: torch.device) -> str:
+    """Where the figures came from: the conditions every headline number carries (STYLE.md)."""
+    cores = os.cpu_count()
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cores}-core CPU"
+    return (
+        f"{where} ({platform.machine()}), torch {torch.__version__}, Python {platform.python_version()}, "
+        f"labelsieve {labelsieve_version()}"
+    )

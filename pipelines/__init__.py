@@ -1,0 +1,1 @@
+"""The compiled labelsieve Kubeflow pipeline and its source."""

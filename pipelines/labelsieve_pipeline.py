@@ -1,0 +1,101 @@
+"""The labelsieve DAG as a Kubeflow pipeline: the stages of `labelsieve.stages.STAGES`, wired as dvc.yaml.
+
+Each stage input is the output artifact of the stage whose registered output directory is that input's
+default path, so the DAG here and the one `dvc repro` runs are the same graph.
+
+Cluster settings (ignored by kfp's local runner):
+- GPU: every stage that runs a network requests `gpus` × `accelerator` with a toleration for GPU-node
+  taints, and an optional node selector;
+- CPU and memory requests; retries with exponential backoff; caching on;
+- S3: `ingest` reads AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_ENDPOINT_URL from the Kubernetes
+  secret `s3_secret` (kfp-kubernetes `use_secret_as_env`). Artifacts between stages go through the
+  cluster's own artifact store, not through these credentials.
+
+Compile with `labelsieve pipeline compile` (writes pipelines/labelsieve_pipeline.yaml).
+"""
+
+from typing import Any
+
+from kfp import dsl, kubernetes
+
+from components import COMPONENTS
+from components.image import IMAGE
+from labelsieve.stages import STAGES
+
+CPU_ONLY = frozenset({"ingest", "inject_noise"})  # stages that never run a network
+S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
+RETRIES = 3
+BACKOFF = {"backoff_duration": "30s", "backoff_factor": 2.0, "backoff_max_duration": "600s"}
+
+
+def build_pipeline(
+    *,
+    image: str = IMAGE,
+    gpus: int = 1,
+    accelerator: str = "nvidia.com/gpu",
+    node_selector: dict[str, str] | None = None,
+    s3_secret: str = "labelsieve-s3",
+    cpu: str = "4",
+    memory: str = "16G",
+) -> Any:
+    """The pipeline function, with cluster settings fixed at compile time.
+
+    Args:
+        image: the container image every task runs in.
+        gpus: GPUs per network-training task (0: none requested).
+        accelerator: the Kubernetes resource name of the GPU.
+        node_selector: node labels a GPU task must match, e.g. {"cloud.google.com/gke-accelerator": "..."}.
+        s3_secret: name of the Kubernetes secret holding the S3 endpoint and credentials.
+        cpu, memory: requests for every task.
+    """
+
+    @dsl.pipeline(
+        name="labelsieve",
+        description="Train on noisy web labels and purify them: ingest -> ... -> retrain (DESIGN.md).",
+    )
+    def labelsieve(params_yaml: str = "", presets: list[str] = [], overrides: list[str] = []):  # noqa: B006
+        """Args: `params_yaml` the params.yaml text ("" = built-in defaults); then `presets` by name and
+        `overrides` as section.key=value, exactly as the CLI applies them."""
+        produced: dict[str, Any] = {}  # registered output directory -> the artifact holding it
+        for name, stage in STAGES.items():
+            inputs = {key: produced[path] for key, path in stage.inputs.items()}
+            task = COMPONENTS[name](params_yaml=params_yaml, presets=presets, overrides=overrides, **inputs)
+            task.set_display_name(name.replace("_", "-"))
+            _configure(task, name, image, gpus, accelerator, node_selector or {}, s3_secret, cpu, memory)
+            produced[stage.out_dir] = task.outputs["out"]
+
+    return labelsieve
+
+
+def _configure(
+    task: dsl.PipelineTask,
+    name: str,
+    image: str,
+    gpus: int,
+    accelerator: str,
+    node_selector: dict[str, str],
+    s3_secret: str,
+    cpu: str,
+    memory: str,
+) -> None:
+    """Apply the cluster settings of one task (see the module docstring)."""
+    if image != IMAGE:
+        task.set_container_image(image)
+    task.set_caching_options(True)
+    task.set_retry(num_retries=RETRIES, **BACKOFF)
+    task.set_cpu_request(cpu).set_memory_request(memory)
+    if name == "ingest":
+        # Optional: a source that is not on S3 runs without the secret; an S3 source without it fails in
+        # boto3 with "no S3 credentials", naming the variables to set.
+        kubernetes.use_secret_as_env(
+            task, secret_name=s3_secret, secret_key_to_env={k: k for k in S3_KEYS}, optional=True
+        )
+    if name in CPU_ONLY or gpus <= 0:
+        return
+    task.set_accelerator_type(accelerator).set_accelerator_limit(gpus)
+    kubernetes.add_toleration(task, key=accelerator, operator="Exists", effect="NoSchedule")
+    for key, value in node_selector.items():
+        kubernetes.add_node_selector(task, label_key=key, label_value=value)
+
+
+labelsieve_pipeline = build_pipeline()
