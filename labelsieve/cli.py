@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from labelsieve import predict
-from labelsieve.config import load_params, preset_names
+from labelsieve.config import Params, load_params, preset_names
 from labelsieve.engine.device import resolve_device
 from labelsieve.errors import LabelsieveError
 from labelsieve.export import export
@@ -63,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _params(args: argparse.Namespace) -> Params:
+    """Params from --params (else ./params.yaml if present), --preset and --set; applies runtime.threads."""
+    params_file = args.params or ("params.yaml" if Path("params.yaml").is_file() else None)
+    params = load_params(params_file, presets=args.preset, overrides=args.overrides)
+    if params.runtime.threads:
+        torch.set_num_threads(params.runtime.threads)
+    return params
+
+
 def _add_run(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     doc = "run every stage in order in this process (default artifact paths), then print the report's path"
     sub = commands.add_parser("run", parents=[common], help=doc, description=doc)
@@ -73,10 +82,7 @@ def _run(args: argparse.Namespace) -> int:
     """Run `labelsieve run`: the whole DAG through the same run() functions dvc.yaml calls."""
     summary: dict = {}
     try:
-        params_file = args.params or ("params.yaml" if Path("params.yaml").is_file() else None)
-        params = load_params(params_file, presets=args.preset, overrides=args.overrides)
-        if params.runtime.threads:
-            torch.set_num_threads(params.runtime.threads)
+        params = _params(args)
         for stage in STAGES.values():
             print(f"labelsieve run: {stage.name} -> {stage.out_dir}", file=sys.stderr, flush=True)
             summary = stage.run(params, **stage.inputs, out_dir=stage.out_dir)
@@ -167,10 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     stage = STAGES[args.stage]
     try:
-        params_file = args.params or ("params.yaml" if Path("params.yaml").is_file() else None)
-        params = load_params(params_file, presets=args.preset, overrides=args.overrides)
-        if params.runtime.threads:
-            torch.set_num_threads(params.runtime.threads)
+        params = _params(args)
         inputs = {name: getattr(args, name) for name in stage.inputs}
         summary = stage.run(params, **inputs, out_dir=args.out_dir)
     except (LabelsieveError, FileNotFoundError) as err:
