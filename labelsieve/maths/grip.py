@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from labelsieve.maths import chunks
+
 __all__ = [
     "CLEAN",
     "DISCARDED",
@@ -94,11 +96,17 @@ def js_divergence(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-8) -> torch.
         raise ValueError(f"p and q must share one (N, C) shape, got {tuple(p.shape)}, {tuple(q.shape)}")
     if eps <= 0:
         raise ValueError(f"eps must be positive, got {eps}")
-    m = 0.5 * (p + q)
-    log_m = torch.log(m.clamp_min(eps))
-    kl_pm = (p * (torch.log(p.clamp_min(eps)) - log_m)).sum(dim=1)
-    kl_qm = (q * (torch.log(q.clamp_min(eps)) - log_m)).sum(dim=1)
-    return (0.5 * (kl_pm + kl_qm) / _LN2).clamp(0.0, 1.0)
+    # Chunks of rows (`labelsieve.maths.chunks`): each (B, C) temporary stays in cache instead of
+    # being a fresh N × C one.
+    out = torch.empty(p.shape[0], dtype=torch.promote_types(p.dtype, q.dtype), device=p.device)
+    for rows in chunks.row_chunks(p.shape[0], p.shape[1]):
+        p_rows, q_rows = p[rows], q[rows]
+        m = 0.5 * (p_rows + q_rows)
+        log_m = torch.log(m.clamp_min(eps))
+        kl_pm = (p_rows * (torch.log(p_rows.clamp_min(eps)) - log_m)).sum(dim=1)
+        kl_qm = (q_rows * (torch.log(q_rows.clamp_min(eps)) - log_m)).sum(dim=1)
+        out[rows] = (0.5 * (kl_pm + kl_qm) / _LN2).clamp(0.0, 1.0)
+    return out
 
 
 # --- class soft labels (group regularization) ---------------------------------------------------------

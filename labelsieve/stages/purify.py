@@ -31,7 +31,7 @@ from labelsieve.config import Params
 from labelsieve.engine import loop
 from labelsieve.engine.device import resolve_device
 from labelsieve.engine.resident import TrainingData
-from labelsieve.maths import grip, metrics, purification
+from labelsieve.maths import metrics, purification
 from labelsieve.stages import co_divide
 
 MANIFEST_COLUMNS = (
@@ -59,18 +59,8 @@ def score(
     """Every score of every training sample, (N,) each, from the ensemble of `networks`."""
     probs = torch.stack(
         [F.softmax(loop.logits_on(m, data.train_images, data, params), dim=1) for m in networks]
-    )
-    probs = probs.mean(dim=0)
-    soft = soft_labels.to(probs).mean(dim=0)
-    soft = soft / soft.sum(dim=1, keepdim=True)
-    confidence, predicted = probs.max(dim=1)
-    return {
-        "clean_prob": clean_prob.to(probs).mean(dim=0),
-        "js_given": grip.js_divergence(probs, soft[data.train_labels]),
-        "predicted": predicted,
-        "confidence": confidence,
-        "js_predicted": grip.js_divergence(probs, soft[predicted]),
-    }
+    )  # (K, N, C)
+    return purification.sample_scores(probs, soft_labels, clean_prob, data.train_labels)
 
 
 def summarise(

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.mixture import GaussianMixture
 
+from labelsieve.maths import chunks
 from labelsieve.maths.division import (
     Gmm1d,
     clean_probability,
@@ -158,6 +159,38 @@ def test_fit_gmm_1d_variance_includes_reg_covar() -> None:
 def test_fit_gmm_1d_invalid_input_raises(bad: torch.Tensor) -> None:
     with pytest.raises(ValueError):
         fit_gmm_1d(bad, seed=0)
+
+
+@pytest.mark.parametrize(("max_iter", "tol"), [(10, 1e-2), (60, 0.0)])
+def test_fit_gmm_1d_and_posterior_chunked_equal_unchunked(monkeypatch, max_iter: int, tol: float) -> None:
+    # N = 4300: four full chunks of 1000 and a ragged one; the unchunked run is a single chunk.
+    x, _ = planted_losses(2700, 1600, seed=4)
+    whole = fit_gmm_1d(x, max_iter=max_iter, tol=tol, seed=5)
+    whole_posterior = posterior(whole, x)
+    monkeypatch.setattr(chunks, "CHUNK_VALUES", 1000)
+    chunked = fit_gmm_1d(x, max_iter=max_iter, tol=tol, seed=5)
+    for got, expected in (
+        (chunked.weights, whole.weights),
+        (chunked.means, whole.means),
+        (chunked.variances, whole.variances),
+    ):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
+    assert (chunked.n_iter, chunked.converged) == (whole.n_iter, whole.converged)
+    assert chunked.lower_bound == pytest.approx(whole.lower_bound, rel=1e-12)
+    # The same mixture gives the same posterior chunk by chunk; the refitted one, up to its round-off.
+    torch.testing.assert_close(posterior(whole, x), whole_posterior, rtol=1e-12, atol=0)
+    torch.testing.assert_close(posterior(chunked, x), whole_posterior, rtol=1e-12, atol=1e-13)
+
+
+def test_fit_gmm_1d_chunked_constant_input_does_not_crash(monkeypatch) -> None:
+    # Every k-means++ distance is 0 in every chunk. (Which component ends up empty is a tie decided by
+    # round-off, so it is not compared with the unchunked fit.)
+    monkeypatch.setattr(chunks, "CHUNK_VALUES", 1000)
+    x = torch.full((2500,), 0.3, dtype=torch.float64)
+    gmm = fit_gmm_1d(x, seed=0)
+    w = posterior(gmm, x)
+    assert torch.isfinite(gmm.means).all() and torch.isfinite(gmm.variances).all()
+    assert torch.isfinite(w).all() and ((w >= 0) & (w <= 1)).all()
 
 
 # --- clean_probability -----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from labelsieve.maths import chunks
 from labelsieve.maths.grip import (
     CLEAN,
     DISCARDED,
@@ -118,6 +119,31 @@ def test_js_divergence_shape_mismatch_raises() -> None:
         js_divergence(torch.rand(2, 3), torch.rand(2, 4))
     with pytest.raises(ValueError, match="shape"):
         js_divergence(torch.rand(3), torch.rand(3))
+
+
+def test_js_divergence_chunked_equals_unchunked(monkeypatch) -> None:
+    gen = torch.Generator().manual_seed(1)
+    # 997 rows × 7 classes: seven chunks of 142 rows (994 values each) and a ragged one.
+    p = torch.randn(997, 7, generator=gen, dtype=torch.float64).mul(3).softmax(dim=1)
+    q = torch.randn(997, 7, generator=gen, dtype=torch.float64).mul(3).softmax(dim=1)
+    p[5] = torch.nn.functional.one_hot(torch.tensor(2), 7)  # exact zeros hit the eps floor
+    whole = js_divergence(p, q)
+    monkeypatch.setattr(chunks, "CHUNK_VALUES", 1000)
+    torch.testing.assert_close(js_divergence(p, q), whole, rtol=1e-12, atol=0)
+
+
+def test_js_divergence_chunked_passes_gradients(monkeypatch) -> None:
+    gen = torch.Generator().manual_seed(2)
+    logits = torch.randn(50, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    q = torch.rand(50, 4, generator=gen, dtype=torch.float64).softmax(dim=1)
+
+    def grad() -> torch.Tensor:
+        (g,) = torch.autograd.grad(js_divergence(logits.softmax(dim=1), q).sum(), logits)
+        return g
+
+    whole = grad()
+    monkeypatch.setattr(chunks, "CHUNK_VALUES", 12)  # three rows per chunk
+    torch.testing.assert_close(grad(), whole, rtol=1e-12, atol=1e-15)
 
 
 @settings(max_examples=200, deadline=None)

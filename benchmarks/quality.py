@@ -1,0 +1,265 @@
+"""Quality benchmark (BENCHMARKS.md): every method on every noise setting of the CPU profile.
+
+The CPU profile is the Fashion-MNIST 10k subset with `small_cnn`, one seed and one epoch budget. Each
+method is a preset (`labelsieve` is params.yaml as it is: the full pipeline). A run is the whole DAG,
+the same registered stages `dvc repro` runs, in a fresh subprocess (so its peak RSS is its own) with its
+artifacts in a temporary folder and the ingested dataset shared. Per run it records, from the evaluate
+stage: the last-epoch test accuracy of the final model, the test accuracy at the epoch chosen on the noisy
+validation split, and purify's detection of the injected noise (F1, AUROC, relabel accuracy) for the
+methods that co-divide or purify. Also the seconds per epoch of each training stage, each stage's wall
+time, the whole run's wall time and peak RSS.
+
+    uv run python benchmarks/quality.py                          # 7 methods x 4 settings (about 3 h, 2 cores)
+    uv run python benchmarks/quality.py --methods ce,smr --noise sym50
+    uv run python benchmarks/quality.py --table                  # only rewrite table.md from saved runs
+
+Each finished run is saved to benchmarks/results/quality/<noise>-<method>.json with a key over its
+resolved params; it is skipped next time unless the params changed (or --fresh), so the table can be
+built over several sittings. table.md holds the per-run table and the method-by-noise summary the
+README shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.environment import cpu_model, peak_rss_mib  # noqa: E402
+from labelsieve.atomic import write_json, write_text  # noqa: E402
+from labelsieve.config import Params, load_params  # noqa: E402
+from labelsieve.stages import ARTIFACTS, STAGES  # noqa: E402
+
+NOISE = {
+    "sym50": ["inject_noise.mode=symmetric", "inject_noise.rate=0.5"],
+    "asym40": [
+        "inject_noise.mode=asymmetric",
+        "inject_noise.rate=0.4",
+        "inject_noise.class_map=fashion_mnist",
+    ],
+    "inst40": ["inject_noise.mode=instance", "inject_noise.rate=0.4"],
+    "sym80": ["inject_noise.mode=symmetric", "inject_noise.rate=0.8"],
+}
+METHODS = ("ce", "clean", "dividemix", "smr", "grip", "sssl", "labelsieve")
+# Training stages: (stage, history folder under the run, the epoch kind whose time is reported).
+TRAINING = (
+    ("warmup", "warmup", None),
+    ("ssl_train", "ssl", "mixmatch"),
+    ("group_regularize", "group", None),
+    ("retrain", "model", None),
+)
+RESULTS = REPO / "benchmarks" / "results" / "quality"
+
+
+def method_params(base: Path, method: str, noise: str, overrides: list[str]) -> Params:
+    """The resolved params of one run: base file, the method's preset, the noise setting, overrides."""
+    noise_overrides = [] if method == "clean" else NOISE[noise]
+    presets = [] if method == "labelsieve" else [method]
+    return load_params(
+        base, presets=presets, overrides=["runtime.progress=never", *noise_overrides, *overrides]
+    )
+
+
+def params_key(params: Params) -> str:
+    """A short hash of the resolved params (a saved run with another key is stale)."""
+    text = json.dumps(params.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_one(params: Params, dataset: Path, run_dir: Path) -> dict[str, Any]:
+    """Run every registered stage after ingest into `run_dir`; returns the figures of the run."""
+    stage_seconds = {}
+    start = time.perf_counter()
+    for stage in list(STAGES.values())[1:]:
+        inputs = {key: _relocate(path, dataset, run_dir) for key, path in stage.inputs.items()}
+        began = time.perf_counter()
+        summary = stage.run(params, **inputs, out_dir=_relocate(stage.out_dir, dataset, run_dir))
+        stage_seconds[stage.name] = time.perf_counter() - began
+    wall = time.perf_counter() - start
+    headline = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+    epoch_seconds = {}
+    for name, folder, kind in TRAINING:
+        history = json.loads((run_dir / folder / "history.json").read_text())
+        times = [h["train_seconds"] for h in history if kind is None or h.get("kind") == kind]
+        epoch_seconds[name] = statistics.median(times) if times else None
+    if epoch_seconds["warmup"] is not None:  # the warm-up trains each network in turn
+        epoch_seconds["warmup"] /= params.warmup.networks
+    detects = params.ssl_train.epochs > 0 or params.group_regularize.epochs > 0
+    return {
+        "final_stage": summary["final_stage"],
+        "last_test_acc": headline["test_acc"],
+        "best_val_test_acc": headline["test_acc_best_val_epoch"],
+        "best_val_epoch": headline["best_val_epoch"],
+        "noise_rate_actual": headline.get("noise_rate_actual"),
+        "detection": {k.split(".", 1)[1]: v for k, v in headline.items() if k.startswith("detection.")}
+        | {"noise_rate_after": headline.get("noise_rate_after_purify")}
+        if detects
+        else None,
+        "epoch_seconds": epoch_seconds,
+        "stage_seconds": stage_seconds,
+        "wall_seconds": wall,
+        "peak_rss_mb": peak_rss_mib(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _same_run(out: Path, key: str) -> dict[str, Any] | None:
+    """A saved run of other noise setting with exactly these resolved params, if any."""
+    for path in sorted(out.glob("*.json")):
+        saved = json.loads(path.read_text())
+        if saved.get("params_key") == key:
+            return saved
+    return None
+
+
+def _relocate(path: str, dataset: Path, run_dir: Path) -> Path:
+    """A registry default path (artifacts/<name>) moved into the run folder; the dataset is shared."""
+    name = Path(path).relative_to(ARTIFACTS)
+    return dataset if str(name) == "dataset" else run_dir / name
+
+
+def _cell(value: float | None, fmt: str = "{:.2f}", scale: float = 100.0) -> str:
+    return "" if value is None else fmt.format(scale * value)
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """Markdown: the method-by-noise summary, then one row per run."""
+    noises = [n for n in NOISE if any(r["noise"] == n for r in results)]
+    methods = [m for m in METHODS if any(r["method"] == m for r in results)]
+    by = {(r["noise"], r["method"]): r for r in results}
+    lines = ["| setting | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for noise in noises:
+        runs = [by.get((noise, m)) for m in methods]
+        lines.append(
+            f"| {noise}, last epoch | " + " | ".join(_cell(r and r["last_test_acc"]) for r in runs) + " |"
+        )
+        lines.append(
+            f"| {noise}, best noisy-val epoch | "
+            + " | ".join(_cell(r and r["best_val_test_acc"]) for r in runs)
+            + " |"
+        )
+        lines.append(
+            f"| {noise}, detection F1 / AUROC | "
+            + " | ".join(
+                f"{r['detection']['f1']:.3f} / {r['detection']['auroc']:.3f}" if r and r["detection"] else ""
+                for r in runs
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        "| noise | method | last-epoch acc | best-val acc | F1 | AUROC | relabel acc | noise after purify "
+        "| CE / SSL / GRIP / retrain epoch s | wall s | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(results, key=lambda r: (list(NOISE).index(r["noise"]), METHODS.index(r["method"]))):
+        d = r["detection"] or {}
+        epochs = " / ".join("-" if s is None else f"{s:.1f}" for s in r["epoch_seconds"].values())
+        cells = [
+            r["noise"],
+            r["method"],
+            _cell(r["last_test_acc"]),
+            _cell(r["best_val_test_acc"]),
+            _cell(d.get("f1"), "{:.3f}", 1),
+            _cell(d.get("auroc"), "{:.3f}", 1),
+            _cell(d.get("relabel_accuracy"), "{:.3f}", 1),
+            _cell(d.get("noise_rate_after"), "{:.3f}", 1),
+            epochs,
+            f"{r['wall_seconds']:.0f}",
+            f"{r['peak_rss_mb']:.0f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--noise", default=",".join(NOISE))
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run"
+    )
+    parser.add_argument("--params", default=str(REPO / "params.yaml"), help="base params (copied at start)")
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--fresh", action="store_true", help="rerun runs that already have results")
+    parser.add_argument("--table", action="store_true", help="only rewrite table.md from the saved runs")
+    parser.add_argument(
+        "--one", nargs=4, metavar=("METHOD", "NOISE", "DATASET", "RUN_DIR"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args()
+    out = Path(args.out)
+    if args.one:  # the child process of one run
+        method, noise, dataset, run_dir = args.one
+        params = method_params(Path(args.params), method, noise, args.set)
+        print(json.dumps(run_one(params, Path(dataset), Path(run_dir))))
+        return
+    methods, noises = args.methods.split(","), args.noise.split(",")
+    unknown = sorted(set(methods) - set(METHODS)) + sorted(set(noises) - set(NOISE))
+    if unknown:
+        parser.error(f"unknown method or noise setting: {', '.join(unknown)}")
+    with tempfile.TemporaryDirectory(prefix="labelsieve-quality-") as tmp:
+        base = Path(tmp) / "params.yaml"
+        base.write_bytes(Path(args.params).read_bytes())  # immune to edits while it runs
+        dataset = Path(tmp) / "dataset"
+        for noise in [] if args.table else noises:
+            for method in methods:
+                params = method_params(base, method, noise, args.set)
+                path = out / f"{noise}-{method}.json"
+                saved = json.loads(path.read_text()) if path.is_file() else None
+                if saved and saved.get("params_key") == params_key(params) and not args.fresh:
+                    continue
+                twin = _same_run(out, params_key(params)) if not args.fresh else None
+                if twin is not None:  # `clean` ignores the noise setting: one run serves them all
+                    write_json(
+                        path, twin | {"noise": noise, "same_run_as": twin.get("same_run_as", twin["noise"])}
+                    )
+                    continue
+                if not dataset.exists():
+                    STAGES["ingest"].run(params, out_dir=dataset)
+                command = [
+                    sys.executable,
+                    __file__,
+                    "--params",
+                    str(base),
+                    "--one",
+                    method,
+                    noise,
+                    str(dataset),
+                    str(Path(tmp) / f"{noise}-{method}"),
+                ]
+                command += [f"--set={item}" for item in args.set]
+                child = subprocess.run(
+                    command, check=True, stdout=subprocess.PIPE, text=True
+                )  # epochs log on stderr
+                result = {
+                    "method": method,
+                    "noise": noise,
+                    "overrides": args.set,
+                    "params_key": params_key(params),
+                    "machine": f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}",
+                    **json.loads(child.stdout.strip().splitlines()[-1]),
+                }
+                write_json(path, result)
+                print(json.dumps(result), flush=True)
+    results = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    write_text(out / "table.md", table(results))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
