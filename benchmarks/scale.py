@@ -49,6 +49,7 @@ from labelsieve.config import Params, load_params  # noqa: E402
 from labelsieve.maths import division, grip, purification  # noqa: E402
 from labelsieve.package import labelsieve_version  # noqa: E402
 from labelsieve.seeding import numpy_rng, torch_generator  # noqa: E402
+from labelsieve.stages import purify  # noqa: E402
 
 NUM_NETWORKS = 2  # K: co-divide and purify both run over the two co-trained networks
 NUM_CLASSES = 10  # C
@@ -150,18 +151,8 @@ def purify_part(
     Returns:
         decision (N,) int8 and new_labels (N,) int64, as `purification.decide` returns them.
     """
-    cfg = params.purify
     scores = purification.sample_scores(probs, soft_labels, clean_prob, labels)
-    return purification.decide(
-        labels,
-        scores["clean_prob"],
-        scores["predicted"],
-        scores["confidence"],
-        scores["js_predicted"],
-        keep_threshold=cfg.keep_threshold,
-        relabel_confidence=cfg.relabel_confidence,
-        relabel_max_js=cfg.relabel_max_js,
-    )
+    return purify.decide(scores, labels, params)
 
 
 def timed(fn: Callable[[], Any], repeats: int) -> tuple[dict[str, list[float]], Any]:

@@ -63,6 +63,23 @@ def score(
     return purification.sample_scores(probs, soft_labels, clean_prob, data.train_labels)
 
 
+def decide(
+    scores: dict[str, torch.Tensor], labels: torch.Tensor, params: Params
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep / relabel / drop from `score`'s output and the `purify` params: (decision, new_labels)."""
+    cfg = params.purify
+    return purification.decide(
+        labels,
+        scores["clean_prob"],
+        scores["predicted"],
+        scores["confidence"],
+        scores["js_predicted"],
+        keep_threshold=cfg.keep_threshold,
+        relabel_confidence=cfg.relabel_confidence,
+        relabel_max_js=cfg.relabel_max_js,
+    )
+
+
 def summarise(
     decision: np.ndarray,
     new_labels: np.ndarray,
@@ -115,23 +132,13 @@ def run(
     out_dir: str | Path,
 ) -> dict[str, Any]:
     """Score and decide every training sample; write the manifest, labels.npz and summary.json."""
-    cfg = params.purify
     device = resolve_device(params.runtime.device)
     data = TrainingData.load(dataset_dir, labels_dir, device)
     networks = loop.load_networks(group_dir, params, data, device)
     soft_labels = torch.from_numpy(np.load(Path(group_dir) / "soft_labels.npy"))
     clean_prob = co_divide.read(ssl_dir, device)["clean_prob"]
     scores = score(networks, soft_labels, clean_prob, data, params)
-    decision, new_labels = purification.decide(
-        data.train_labels,
-        scores["clean_prob"],
-        scores["predicted"],
-        scores["confidence"],
-        scores["js_predicted"],
-        keep_threshold=cfg.keep_threshold,
-        relabel_confidence=cfg.relabel_confidence,
-        relabel_max_js=cfg.relabel_max_js,
-    )
+    decision, new_labels = decide(scores, data.train_labels, params)
     decision, new_labels = decision.cpu().numpy(), new_labels.cpu().numpy()
     arrays = {name: value.cpu().numpy() for name, value in scores.items()}
     summary = summarise(decision, new_labels, arrays, data)
