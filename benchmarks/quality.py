@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.environment import cpu_model, peak_rss_mib  # noqa: E402
 from labelsieve.atomic import write_json, write_text  # noqa: E402
 from labelsieve.config import Params, load_params  # noqa: E402
-from labelsieve.stages import ARTIFACTS, STAGES  # noqa: E402
+from labelsieve.stages import ARTIFACTS, STAGES, evaluate  # noqa: E402
 
 NOISE = {
     "sym50": ["inject_noise.mode=symmetric", "inject_noise.rate=0.5"],
@@ -86,13 +86,13 @@ def run_one(params: Params, dataset: Path, run_dir: Path) -> dict[str, Any]:
     for stage in list(STAGES.values())[1:]:
         inputs = {key: _relocate(path, dataset, run_dir) for key, path in stage.inputs.items()}
         began = time.perf_counter()
+        # The last stage, evaluate, returns metrics.json's figures plus final_stage.
         summary = stage.run(params, **inputs, out_dir=_relocate(stage.out_dir, dataset, run_dir))
         stage_seconds[stage.name] = time.perf_counter() - began
     wall = time.perf_counter() - start
-    headline = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
     epoch_seconds = {}
     for name, folder, kind in TRAINING:
-        history = json.loads((run_dir / folder / "history.json").read_text())
+        history = evaluate.read_history(run_dir / folder)
         times = [h["train_seconds"] for h in history if kind is None or h.get("kind") == kind]
         epoch_seconds[name] = statistics.median(times) if times else None
     if epoch_seconds["warmup"] is not None:  # the warm-up trains each network in turn
@@ -100,12 +100,12 @@ def run_one(params: Params, dataset: Path, run_dir: Path) -> dict[str, Any]:
     detects = params.ssl_train.epochs > 0 or params.group_regularize.epochs > 0
     return {
         "final_stage": summary["final_stage"],
-        "last_test_acc": headline["test_acc"],
-        "best_val_test_acc": headline["test_acc_best_val_epoch"],
-        "best_val_epoch": headline["best_val_epoch"],
-        "noise_rate_actual": headline.get("noise_rate_actual"),
-        "detection": {k.split(".", 1)[1]: v for k, v in headline.items() if k.startswith("detection.")}
-        | {"noise_rate_after": headline.get("noise_rate_after_purify")}
+        "last_test_acc": summary["test_acc"],
+        "best_val_test_acc": summary["test_acc_best_val_epoch"],
+        "best_val_epoch": summary["best_val_epoch"],
+        "noise_rate_actual": summary.get("noise_rate_actual"),
+        "detection": {k.split(".", 1)[1]: v for k, v in summary.items() if k.startswith("detection.")}
+        | {"noise_rate_after": summary.get("noise_rate_after_purify")}
         if detects
         else None,
         "epoch_seconds": epoch_seconds,
@@ -117,7 +117,7 @@ def run_one(params: Params, dataset: Path, run_dir: Path) -> dict[str, Any]:
 
 
 def _same_run(out: Path, key: str) -> dict[str, Any] | None:
-    """A saved run of other noise setting with exactly these resolved params, if any."""
+    """A saved run (another noise setting or method) with exactly these resolved params, if any."""
     for path in sorted(out.glob("*.json")):
         saved = json.loads(path.read_text())
         if saved.get("params_key") == key:
@@ -212,53 +212,57 @@ def main() -> None:
     unknown = sorted(set(methods) - set(METHODS)) + sorted(set(noises) - set(NOISE))
     if unknown:
         parser.error(f"unknown method or noise setting: {', '.join(unknown)}")
+    failed = []
     with tempfile.TemporaryDirectory(prefix="labelsieve-quality-") as tmp:
         base = Path(tmp) / "params.yaml"
         base.write_bytes(Path(args.params).read_bytes())  # immune to edits while it runs
-        dataset = Path(tmp) / "dataset"
         for noise in [] if args.table else noises:
             for method in methods:
                 params = method_params(base, method, noise, args.set)
-                path = out / f"{noise}-{method}.json"
+                key, path = params_key(params), out / f"{noise}-{method}.json"
                 saved = json.loads(path.read_text()) if path.is_file() else None
-                if saved and saved.get("params_key") == params_key(params) and not args.fresh:
+                if saved and saved.get("params_key") == key and not args.fresh:
                     continue
-                twin = _same_run(out, params_key(params)) if not args.fresh else None
-                if twin is not None:  # `clean` ignores the noise setting: one run serves them all
-                    write_json(
-                        path, twin | {"noise": noise, "same_run_as": twin.get("same_run_as", twin["noise"])}
-                    )
+                twin = _same_run(out, key) if not args.fresh else None
+                if twin is not None:  # e.g. `clean` ignores the noise setting: one run serves them all
+                    source = twin.get("same_run_as", f"{twin['noise']}-{twin['method']}")
+                    write_json(path, twin | {"method": method, "noise": noise, "same_run_as": source})
                     continue
-                if not dataset.exists():
-                    STAGES["ingest"].run(params, out_dir=dataset)
-                command = [
-                    sys.executable,
-                    __file__,
-                    "--params",
-                    str(base),
-                    "--one",
-                    method,
-                    noise,
-                    str(dataset),
-                    str(Path(tmp) / f"{noise}-{method}"),
-                ]
-                command += [f"--set={item}" for item in args.set]
-                child = subprocess.run(
-                    command, check=True, stdout=subprocess.PIPE, text=True
-                )  # epochs log on stderr
+                figures = run_in_child(params, method, noise, args.set, base, Path(tmp))
+                if figures is None:
+                    failed.append(f"{noise}-{method}")
+                    continue
                 result = {
                     "method": method,
                     "noise": noise,
                     "overrides": args.set,
-                    "params_key": params_key(params),
+                    "params_key": key,
                     "machine": f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}",
-                    **json.loads(child.stdout.strip().splitlines()[-1]),
+                    **figures,
                 }
                 write_json(path, result)
                 print(json.dumps(result), flush=True)
     results = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
     write_text(out / "table.md", table(results))
     print(table(results))
+    if failed:
+        sys.exit(f"quality: these runs failed (their errors are above): {', '.join(failed)}")
+
+
+def run_in_child(
+    params: Params, method: str, noise: str, overrides: list[str], base: Path, tmp: Path
+) -> dict[str, Any] | None:
+    """One run in a fresh process (its epochs log on stderr); its figures, or None if it failed."""
+    dataset = tmp / "dataset"  # ingested once, shared by every run
+    if not dataset.exists():
+        STAGES["ingest"].run(params, out_dir=dataset)
+    command = [sys.executable, __file__, "--params", str(base), "--one", method, noise, str(dataset)]
+    command += [str(tmp / f"{noise}-{method}"), *(f"--set={item}" for item in overrides)]
+    child = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    if child.returncode != 0:
+        print(f"quality: {noise}-{method} failed with exit status {child.returncode}", file=sys.stderr)
+        return None
+    return json.loads(child.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""benchmarks/speed.py: the smoke run covers every stage, and the bf16 peak table reads device names."""
+"""benchmarks/: speed.py's smoke run covers every stage and its bf16 peak table reads device names;
+quality.py runs the DAG per method, reuses a run with identical params and reports a failed run without
+losing the rest."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from types import ModuleType
 
 import pytest
 
-SPEED = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SPEED = BENCHMARKS / "speed.py"
 STAGES = {"ce", "warmup-mixup", "ssl", "co-divide", "grip", "retrain-batch", "retrain-dataset"}
 
 
@@ -66,3 +69,51 @@ def test_speed_smoke_reports_every_stage(tmp_path: Path) -> None:
 )
 def test_peak_bf16_tflops_by_device_name(device_name: str, tflops: float | None) -> None:
     assert _speed_module().peak_bf16_tflops(device_name) == tflops
+
+
+# Digits, one or two epochs per stage: `smr` and `labelsieve` resolve to the same params here (the
+# overrides turn smr's passed-through stages back on), and `clean` cannot run SSL with one network.
+TINY_QUALITY = (
+    "data.image_size=8",
+    "model.crop_padding=1",
+    "model.batch_size=64",
+    "ingest.source=digits",
+    "ingest.per_class_limit=0",
+    "runtime.threads=1",
+    "warmup.epochs=1",
+    "ssl_train.epochs=2",
+    "ssl_train.batch_size=32",
+    "group_regularize.epochs=1",
+    "group_regularize.warmup_epochs=1",
+    "retrain.epochs=1",
+)
+
+
+@pytest.mark.integration
+def test_quality_runs_reuses_and_reports_failures(tmp_path: Path) -> None:
+    out = tmp_path / "quality"
+    command = [sys.executable, str(BENCHMARKS / "quality.py"), "--out", str(out), "--noise", "sym50"]
+    command += [f"--set={item}" for item in TINY_QUALITY]
+    first = subprocess.run([*command, "--methods", "smr,labelsieve,clean"], capture_output=True, text=True)
+    assert first.returncode != 0 and "failed" in first.stderr and "sym50-clean" in first.stderr
+    smr = json.loads((out / "sym50-smr.json").read_text())
+    assert 0.0 < smr["last_test_acc"] <= 1.0 and smr["final_stage"] == "retrain"
+    assert 0.0 < smr["detection"]["f1"] <= 1.0 and smr["peak_rss_mb"] > 0
+    assert set(smr["stage_seconds"]) == {
+        "inject_noise",
+        "warmup",
+        "co_divide",
+        "ssl_train",
+        "group_regularize",
+        "purify",
+        "retrain",
+        "evaluate",
+    }
+    twin = json.loads((out / "sym50-labelsieve.json").read_text())
+    assert twin["method"] == "labelsieve" and twin["same_run_as"] == "sym50-smr"
+    assert twin["last_test_acc"] == smr["last_test_acc"]
+    assert not (out / "sym50-clean.json").exists()
+    mtime = (out / "sym50-smr.json").stat().st_mtime_ns
+    again = subprocess.run([*command, "--methods", "smr"], capture_output=True, text=True, check=True)
+    assert (out / "sym50-smr.json").stat().st_mtime_ns == mtime  # saved, same params: not rerun
+    assert "| sym50 | smr | " in again.stdout and "| sym50 | labelsieve | " in (out / "table.md").read_text()
