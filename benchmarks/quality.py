@@ -135,8 +135,15 @@ def _cell(value: float | None, fmt: str = "{:.2f}", scale: float = 100.0) -> str
     return "" if value is None else fmt.format(scale * value)
 
 
+STALE = "†"  # marks a saved run whose params differ from the current ones
+
+
+def _mark(run: dict[str, Any] | None) -> str:
+    return STALE if run and run.get("stale") else ""
+
+
 def table(results: list[dict[str, Any]]) -> str:
-    """Markdown: the method-by-noise summary, then one row per run."""
+    """Markdown: the method-by-noise summary, then one row per run; stale runs are marked."""
     noises = [n for n in NOISE if any(r["noise"] == n for r in results)]
     methods = [m for m in METHODS if any(r["method"] == m for r in results)]
     by = {(r["noise"], r["method"]): r for r in results}
@@ -144,11 +151,13 @@ def table(results: list[dict[str, Any]]) -> str:
     for noise in noises:
         runs = [by.get((noise, m)) for m in methods]
         lines.append(
-            f"| {noise}, last epoch | " + " | ".join(_cell(r and r["last_test_acc"]) for r in runs) + " |"
+            f"| {noise}, last epoch | "
+            + " | ".join(_cell(r and r["last_test_acc"]) + _mark(r) for r in runs)
+            + " |"
         )
         lines.append(
             f"| {noise}, best noisy-val epoch | "
-            + " | ".join(_cell(r and r["best_val_test_acc"]) for r in runs)
+            + " | ".join(_cell(r and r["best_val_test_acc"]) + _mark(r) for r in runs)
             + " |"
         )
         lines.append(
@@ -170,7 +179,7 @@ def table(results: list[dict[str, Any]]) -> str:
         epochs = " / ".join("-" if s is None else f"{s:.1f}" for s in r["epoch_seconds"].values())
         cells = [
             r["noise"],
-            r["method"],
+            r["method"] + _mark(r),
             _cell(r["last_test_acc"]),
             _cell(r["best_val_test_acc"]),
             _cell(d.get("f1"), "{:.3f}", 1),
@@ -182,6 +191,8 @@ def table(results: list[dict[str, Any]]) -> str:
             f"{r['peak_rss_mb']:.0f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    if any(r.get("stale") for r in results):
+        lines += ["", f"{STALE} run with params older than the current ones: rerun it to refresh."]
     return "\n".join(lines) + "\n"
 
 
@@ -242,7 +253,10 @@ def main() -> None:
                 }
                 write_json(path, result)
                 print(json.dumps(result), flush=True)
-    results = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+        results = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+        for r in results:
+            current = method_params(base, r["method"], r["noise"], r.get("overrides", []))
+            r["stale"] = params_key(current) != r["params_key"]
     write_text(out / "table.md", table(results))
     print(table(results))
     if failed:

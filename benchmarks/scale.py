@@ -4,13 +4,13 @@ For each N, in a fresh subprocess so that the peak RSS is that N's own, it build
 of K = 2 networks on C = 10 classes with 45% of the given labels wrong: logits with a margin on the true
 class, so the per-sample losses form a small-loss clean mode (55%) and a large-loss noisy mode (45%). From
 those inputs it times, `--repeats` times each (median reported):
-- co-divide as `stages.co_divide.divide` does it after the evaluation pass, for each network: min-max
-  normalisation, the seeded 2-component GMM fit, the clean-probability posterior and the partition;
+- co-divide as `stages.co_divide.divide` does it after the evaluation pass (`co_divide.divide_losses`),
+  for each network: min-max normalisation, the seeded 2-component GMM fit (one per given class with
+  `co_divide.per_class`, the default), the clean-probability posterior and the partition;
 - purify as `stages.purify` does it after the forward passes: `purification.sample_scores` (the ensemble
   mean, the averaged class soft labels S, the JS divergence to S of the given and of the predicted
   class), then keep / relabel / drop.
-The losses, the softmax and S (which `group_regularize` estimates) are inputs, not timed. The stages'
-glue between the maths calls is a few lines; co-divide's is restated here line for line.
+The losses, the softmax and S (which `group_regularize` estimates) are inputs, not timed.
 
 Times are the process's CPU seconds (`time.process_time`), which a busy machine inflates far less than
 wall seconds; with one thread they equal wall time on an idle core. Wall, user and kernel seconds and
@@ -48,8 +48,8 @@ from labelsieve.atomic import write_json, write_text  # noqa: E402
 from labelsieve.config import Params, load_params  # noqa: E402
 from labelsieve.maths import division, grip, purification  # noqa: E402
 from labelsieve.package import labelsieve_version  # noqa: E402
-from labelsieve.seeding import numpy_rng, torch_generator  # noqa: E402
-from labelsieve.stages import purify  # noqa: E402
+from labelsieve.seeding import torch_generator  # noqa: E402
+from labelsieve.stages import co_divide, purify  # noqa: E402
 
 NUM_NETWORKS = 2  # K: co-divide and purify both run over the two co-trained networks
 NUM_CLASSES = 10  # C
@@ -108,28 +108,9 @@ def synthetic_outputs(n: int, *, seed: int) -> dict[str, torch.Tensor]:
     }
 
 
-def co_divide_part(losses: torch.Tensor, params: Params, *, tag: str) -> dict[str, Any]:
-    """`co_divide.divide` from its per-sample losses on, for each network (history off, as in `run`).
-
-    Args:
-        losses: (K, N) per-sample losses of each network.
-    """
-    cfg = params.co_divide
-    clean_probs, labeled_masks, gmms = [], [], []
-    for k in range(losses.shape[0]):
-        normalised = division.minmax_normalise(losses[k])
-        seed = int(numpy_rng(params.runtime.seed, "co_divide", tag, str(k)).integers(0, 2**31 - 1))
-        gmm = division.fit_gmm_1d(
-            normalised, max_iter=cfg.gmm_max_iter, tol=cfg.gmm_tol, reg_covar=cfg.gmm_reg_covar, seed=seed
-        )
-        clean_prob = division.posterior(gmm, normalised)
-        labeled, _ = division.partition(
-            clean_prob, threshold=cfg.threshold, min_size=params.ssl_train.batch_size
-        )
-        clean_probs.append(clean_prob)
-        labeled_masks.append(labeled)
-        gmms.append(gmm)
-    return {"clean_prob": torch.stack(clean_probs), "labeled": torch.stack(labeled_masks), "gmms": gmms}
+def co_divide_part(losses: torch.Tensor, labels: torch.Tensor, params: Params, *, tag: str) -> Any:
+    """`co_divide.divide` from its per-sample losses (K, N) on: `co_divide.divide_losses`, history off."""
+    return co_divide.divide_losses(losses, labels, params, tag=tag, min_size=params.ssl_train.batch_size)
 
 
 def purify_part(
@@ -197,25 +178,27 @@ def figures(name: str, runs: dict[str, list[float]], n: int) -> dict[str, Any]:
 def measure_one(n: int, params: Params, *, seed: int, repeats: int) -> dict[str, Any]:
     """Time both parts at one N and read the peak RSS; meant to run alone in its own process."""
     warm = synthetic_outputs(WARMUP_N, seed=seed)
-    split = co_divide_part(warm["losses"], params, tag="warmup")
-    purify_part(warm["probs"], warm["soft_labels"], split["clean_prob"], warm["labels"], params)
+    split = co_divide_part(warm["losses"], warm["labels"], params, tag="warmup")
+    purify_part(warm["probs"], warm["soft_labels"], split.clean_prob, warm["labels"], params)
     del warm, split
     baseline = peak_rss_mib()
 
     inputs = synthetic_outputs(n, seed=seed)
     input_mib = sum(t.numel() * t.element_size() for t in inputs.values()) / 2**20
-    divide_runs, split = timed(lambda: co_divide_part(inputs["losses"], params, tag="scale"), repeats)
+    divide_runs, split = timed(
+        lambda: co_divide_part(inputs["losses"], inputs["labels"], params, tag="scale"), repeats
+    )
     peak_after_divide = peak_rss_mib()
     purify_runs, (decision, _) = timed(
         lambda: purify_part(
-            inputs["probs"], inputs["soft_labels"], split["clean_prob"], inputs["labels"], params
+            inputs["probs"], inputs["soft_labels"], split.clean_prob, inputs["labels"], params
         ),
         repeats,
     )
     peak = peak_rss_mib()
 
     clean = inputs["labels"] == inputs["true_labels"]
-    labeled = split["labeled"]
+    labeled = split.labeled
     return {
         "n": n,
         "threads": torch.get_num_threads(),
@@ -227,7 +210,7 @@ def measure_one(n: int, params: Params, *, seed: int, repeats: int) -> dict[str,
         "peak_rss_mib": peak,
         "above_baseline_mib": peak - baseline,
         # Sanity figures: the synthetic mix behaves like a noisy training set.
-        "gmm_iterations": [gmm.n_iter for gmm in split["gmms"]],
+        "gmm_iterations": [max(fit.gmm.n_iter for fit in fits) for fits in split.fits],
         "labeled_fraction": float(labeled.float().mean()),
         "labeled_precision": float((labeled & clean).sum() / labeled.sum().clamp_min(1)),
         "decisions": {

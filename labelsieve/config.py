@@ -152,6 +152,7 @@ class CoDivideConfig:
 
     threshold: float = bounded(0.5, 0.0, 1.0, lo_open=True, hi_open=True, doc="tau; labeled if w > tau")
     history: int = bounded(0, 0, 100, doc="average the normalised losses of this many past epochs too")
+    per_class: bool = False  # normalise the losses and fit one GMM per given class (class-balanced)
     gmm_max_iter: int = bounded(10, 1, 10_000)
     gmm_tol: float = bounded(1e-2, 0.0, None, lo_open=True)
     gmm_reg_covar: float = bounded(5e-4, 0.0, None)

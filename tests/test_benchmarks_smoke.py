@@ -110,3 +110,11 @@ def test_quality_runs_reuses_and_reports_failures(tmp_path: Path) -> None:
     again = subprocess.run([*command, "--methods", "smr"], capture_output=True, text=True, check=True)
     assert (out / "sym50-smr.json").stat().st_mtime_ns == mtime  # saved, same params: not rerun
     assert "| sym50 | smr | " in again.stdout and "| sym50 | labelsieve | " in (out / "table.md").read_text()
+    assert "†" not in (out / "table.md").read_text()
+    edited = tmp_path / "params.yaml"  # other base params: the saved runs are marked stale, not rerun
+    edited.write_text((BENCHMARKS.parent / "params.yaml").read_text().replace("lr: 0.1 ", "lr: 0.09 "))
+    stale = subprocess.run(
+        [*command, "--table", "--params", str(edited)], capture_output=True, text=True, check=True
+    )
+    assert "| sym50 | smr† | " in stale.stdout and "params older than the current ones" in stale.stdout
+    assert (out / "sym50-smr.json").stat().st_mtime_ns == mtime

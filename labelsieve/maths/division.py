@@ -21,6 +21,7 @@ __all__ = [
     "Gmm1d",
     "clean_probability",
     "fit_gmm_1d",
+    "group_members",
     "minmax_normalise",
     "partition",
     "per_sample_loss",
@@ -86,16 +87,23 @@ def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, labels, reduction="none")
 
 
-def minmax_normalise(losses: torch.Tensor) -> torch.Tensor:
-    """Rescale losses to [0, 1] over the set: ℓ̂ = (ℓ − min)/(max − min) (§2.1 step 2).
+def minmax_normalise(losses: torch.Tensor, *, groups: torch.Tensor | None = None) -> torch.Tensor:
+    """Rescale losses to [0, 1]: ℓ̂ = (ℓ − min)/(max − min) (§2.1 step 2).
 
     Args:
         losses: (N,) per-sample losses.
+        groups: (N,) integer group of each sample (e.g. its given class), or None for one group.
+            With groups, min and max are taken within each group.
 
     Returns:
-        (N,) normalised losses. A constant input maps to zeros rather than NaN.
+        (N,) normalised losses. A constant group maps to zeros rather than NaN.
     """
     _check_vector("losses", losses)
+    if groups is not None:
+        out = torch.empty_like(losses)
+        for members in group_members(groups, losses.numel()):
+            out[members] = minmax_normalise(losses[members])
+        return out
     if losses.numel() == 0:
         return losses.clone()
     low, high = torch.aminmax(losses)
@@ -103,6 +111,24 @@ def minmax_normalise(losses: torch.Tensor) -> torch.Tensor:
     if span <= 0:
         return torch.zeros_like(losses)
     return torch.sub(losses, low).div_(span)  # in place: one (N,) allocation, not two
+
+
+def group_members(groups: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """Indices of the samples of each non-empty group, in ascending group order.
+
+    Args:
+        groups: (N,) integer group ids.
+        n: N, checked against ``groups``.
+
+    Raises:
+        ValueError: If ``groups`` is not an (N,) integer tensor.
+    """
+    _check_vector("groups", groups)
+    if groups.numel() != n or groups.is_floating_point():
+        raise ValueError(f"groups must be ({n},) integers, got {tuple(groups.shape)} {groups.dtype}")
+    order = torch.sort(groups, stable=True)
+    _, counts = torch.unique_consecutive(order.values, return_counts=True)
+    return list(torch.split(order.indices, counts.tolist()))
 
 
 class _Workspace:

@@ -1,7 +1,8 @@
 """Stage 4, `co_divide` (§2.1): per-sample evaluation losses of each network -> min-max normalisation
 -> seeded 2-component GMM -> clean probability -> labeled/unlabeled partition, with the guard that
 falls back to top-k / bottom-k instead of crashing. Network k trains on the partition from the
-*other* network's losses (co-divide).
+*other* network's losses (co-divide). With `co_divide.per_class` the normalisation and the GMM are
+per given class, so a hard class's clean samples are not judged against the easy classes' losses.
 
 Outputs ``partition.npz`` (per network k: ``losses`` (K, N), ``normalised`` (K, N), ``clean_prob``
 (K, N), ``labeled`` (K, N) bool) and ``histogram.json`` (loss histogram per network, split by the true
@@ -30,6 +31,14 @@ HISTOGRAM_BINS = 50
 
 
 @dataclass(frozen=True)
+class GroupFit:
+    """The GMM fitted to one group of samples (all of them, or one given class) and its share of N."""
+
+    share: float
+    gmm: division.Gmm1d
+
+
+@dataclass(frozen=True)
 class Division:
     """The co-divide of K networks over the N training samples (all tensors on the data's device)."""
 
@@ -37,7 +46,7 @@ class Division:
     normalised: torch.Tensor  # (K, N) the GMM's input (min-max normalised, history-averaged)
     clean_prob: torch.Tensor  # (K, N) w from network k's losses
     labeled: torch.Tensor  # (K, N) bool, X from network k's losses
-    gmms: list[division.Gmm1d]
+    fits: list[list[GroupFit]]  # per network, one GMM per group (one group unless per-class)
     fell_back: list[bool]
 
 
@@ -50,27 +59,40 @@ def divide(
     history: list[torch.Tensor] | None = None,
     min_size: int,
 ) -> Division:
-    """Co-divide: evaluation pass, normalise, (history-average), GMM and partition for each network.
+    """Co-divide: evaluation pass, then `divide_losses`.
 
     Args:
         tag: names this division's seed stream (e.g. the epoch), so every GMM fit is seeded.
         history: per network, (H, N) normalised losses of earlier epochs, or None.
         min_size: the smallest acceptable labeled or unlabeled set (one batch).
     """
+    losses = [
+        division.per_sample_loss(loop.logits_on(model, data.train_images, data, params), data.train_labels)
+        for model in networks
+    ]
+    return divide_losses(
+        torch.stack(losses), data.train_labels, params, tag=tag, history=history, min_size=min_size
+    )
+
+
+def divide_losses(
+    losses: torch.Tensor,
+    labels: torch.Tensor,
+    params: Params,
+    *,
+    tag: str,
+    history: list[torch.Tensor] | None = None,
+    min_size: int,
+) -> Division:
+    """Normalise, (history-average), GMM and partition of each network's per-sample losses (K, N)."""
     cfg = params.co_divide
-    rows = {name: [] for name in ("losses", "normalised", "clean_prob", "labeled")}
-    gmms, fell_back = [], []
-    for k, model in enumerate(networks):
-        logits = loop.logits_on(model, data.train_images, data, params)
-        losses = division.per_sample_loss(logits, data.train_labels)
-        normalised = division.minmax_normalise(losses)
+    rows = {name: [] for name in ("normalised", "clean_prob", "labeled")}
+    fits, fell_back = [], []
+    for k in range(losses.shape[0]):
+        normalised = division.minmax_normalise(losses[k], groups=normalisation_groups(labels, params))
         if history is not None and len(history[k]):
             normalised = torch.cat([history[k].to(normalised), normalised[None]]).mean(dim=0)
-        seed = int(numpy_rng(params.runtime.seed, "co_divide", tag, str(k)).integers(0, 2**31 - 1))
-        gmm = division.fit_gmm_1d(
-            normalised, max_iter=cfg.gmm_max_iter, tol=cfg.gmm_tol, reg_covar=cfg.gmm_reg_covar, seed=seed
-        )
-        clean_prob = division.posterior(gmm, normalised)
+        clean_prob, network_fits = fit_clean_prob(normalised, labels, params, seed_key=(tag, str(k)))
         labeled, guarded = division.partition(clean_prob, threshold=cfg.threshold, min_size=min_size)
         if guarded:
             warnings.warn(
@@ -78,18 +100,55 @@ def divide(
                 "fell back to the top/bottom-k by clean probability",
                 stacklevel=2,
             )
-        for name, value in (
-            ("losses", losses),
-            ("normalised", normalised),
-            ("clean_prob", clean_prob),
-            ("labeled", labeled),
-        ):
+        for name, value in (("normalised", normalised), ("clean_prob", clean_prob), ("labeled", labeled)):
             rows[name].append(value)
-        gmms.append(gmm)
+        fits.append(network_fits)
         fell_back.append(guarded)
     return Division(
-        **{name: torch.stack(values) for name, values in rows.items()}, gmms=gmms, fell_back=fell_back
+        losses=losses,
+        **{name: torch.stack(values) for name, values in rows.items()},
+        fits=fits,
+        fell_back=fell_back,
     )
+
+
+def normalisation_groups(labels: torch.Tensor, params: Params) -> torch.Tensor | None:
+    """The given labels when `co_divide.per_class` is on (losses are compared within a class), else None."""
+    return labels if params.co_divide.per_class else None
+
+
+def fit_clean_prob(
+    normalised: torch.Tensor, labels: torch.Tensor, params: Params, *, seed_key: tuple[str, ...]
+) -> tuple[torch.Tensor, list[GroupFit]]:
+    """The clean probability of every sample from one GMM over all samples, or one per given class.
+
+    Args:
+        normalised: (N,) normalised losses (per class when `co_divide.per_class`).
+        labels: (N,) the given labels, the groups of the per-class fits.
+        seed_key: names this fit's seed stream (the division's tag and the network).
+
+    A class with fewer than two samples cannot be fitted; its samples keep a clean probability of 1.
+    """
+    cfg = params.co_divide
+    n = normalised.numel()
+    if not cfg.per_class:
+        groups = [torch.arange(n, device=normalised.device)]
+    else:
+        groups = division.group_members(labels, n)
+    clean_prob = torch.ones_like(normalised)
+    fits = []
+    for members in groups:
+        if members.numel() < 2:
+            continue
+        key = seed_key if not cfg.per_class else (*seed_key, f"class{int(labels[members[0]])}")
+        seed = int(numpy_rng(params.runtime.seed, "co_divide", *key).integers(0, 2**31 - 1))
+        values = normalised[members]
+        gmm = division.fit_gmm_1d(
+            values, max_iter=cfg.gmm_max_iter, tol=cfg.gmm_tol, reg_covar=cfg.gmm_reg_covar, seed=seed
+        )
+        clean_prob[members] = division.posterior(gmm, values)
+        fits.append(GroupFit(share=members.numel() / n, gmm=gmm))
+    return clean_prob, fits
 
 
 def labeled_quality(labeled: torch.Tensor, data: TrainingData) -> dict[str, float]:
@@ -107,7 +166,7 @@ def labeled_quality(labeled: torch.Tensor, data: TrainingData) -> dict[str, floa
 def summarise(result: Division, data: TrainingData) -> dict[str, Any]:
     """Headline figures of a division: labeled share and, with ground truth, its precision/recall."""
     per_network = []
-    for k in range(len(result.gmms)):
+    for k in range(len(result.fits)):
         labeled = result.labeled[k]
         per_network.append(
             {
@@ -120,7 +179,7 @@ def summarise(result: Division, data: TrainingData) -> dict[str, Any]:
 
 
 def histogram(result: Division, data: TrainingData) -> dict[str, Any]:
-    """Loss-histogram data per network (normalised losses in [0, 1]) and the fitted GMM."""
+    """Loss-histogram data per network (normalised losses in [0, 1]) and the fitted GMM components."""
     edges = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)
     clean = (
         None
@@ -128,13 +187,15 @@ def histogram(result: Division, data: TrainingData) -> dict[str, Any]:
         else (data.train_labels == data.train_true_labels).cpu().numpy()
     )
     out = {"bin_edges": edges.tolist(), "networks": []}
-    for k, gmm in enumerate(result.gmms):
+    for k, fits in enumerate(result.fits):
         values = result.normalised[k].cpu().numpy()
         entry = {
             "all": np.histogram(values, edges)[0].tolist(),
-            "weights": gmm.weights.tolist(),
-            "means": gmm.means.tolist(),
-            "variances": gmm.variances.tolist(),
+            # Every fitted component, its weight scaled by its group's share of the samples.
+            "weights": [fit.share * w for fit in fits for w in fit.gmm.weights.tolist()],
+            "means": [m for fit in fits for m in fit.gmm.means.tolist()],
+            "variances": [v for fit in fits for v in fit.gmm.variances.tolist()],
+            "clean": [j == fit.gmm.clean_component for fit in fits for j in range(2)],
         }
         if clean is not None:
             entry["truly_clean"] = np.histogram(values[clean], edges)[0].tolist()

@@ -170,10 +170,11 @@ def training_curves(histories: list[StageHistory]) -> list[dict[str, Any]]:
 
 
 def gmm_counts(entry: dict[str, Any], edges: np.ndarray) -> dict[str, np.ndarray]:
-    """The fitted 2-component GMM of one histogram.json network entry as expected counts per bin.
+    """The fitted GMM components of one histogram.json network entry as expected counts per bin.
 
     Component densities are integrated over each bin by the midpoint rule and scaled by the sample count,
-    so they overlay the histogram; the low-mean component is the clean one (§2.1).
+    so they overlay the histogram. The entry's `clean` flags name the clean components (one per fitted
+    group); without them the low-mean component is the clean one (§2.1).
     """
     n = float(np.sum(entry["all"]))
     centres = (edges[:-1] + edges[1:]) / 2
@@ -187,10 +188,10 @@ def gmm_counts(entry: dict[str, Any], edges: np.ndarray) -> dict[str, np.ndarray
         / np.sqrt(2 * np.pi * variances[k])
         for k in range(len(weights))
     ]
-    clean = int(np.argmin(means))
+    clean = entry.get("clean") or [k == int(np.argmin(means)) for k in range(len(weights))]
     return {
-        "gmm_clean": n * width * density[clean],
-        "gmm_noisy": n * width * sum(d for k, d in enumerate(density) if k != clean),
+        "gmm_clean": n * width * sum(d for d, is_clean in zip(density, clean, strict=True) if is_clean),
+        "gmm_noisy": n * width * sum(d for d, is_clean in zip(density, clean, strict=True) if not is_clean),
     }
 
 

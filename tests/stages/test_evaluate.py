@@ -111,6 +111,22 @@ def test_gmm_counts_integrate_to_the_sample_count():
     assert counts["gmm_noisy"].sum() == pytest.approx(0.3 * 1000, rel=1e-3)
 
 
+def test_gmm_counts_use_the_clean_flags_of_per_class_fits():
+    edges = np.linspace(0.0, 1.0, 51)
+    # Two classes of 500, each with its own GMM; class 2's clean component has the higher mean of the
+    # four, so only the flags (not argmin of the means) can name the clean ones.
+    entry = {
+        "all": [20] * 50,
+        "weights": [0.5 * 0.6, 0.5 * 0.4, 0.5 * 0.8, 0.5 * 0.2],
+        "means": [0.2, 0.6, 0.5, 0.8],
+        "variances": [0.003] * 4,
+        "clean": [True, False, True, False],
+    }
+    counts = evaluate.gmm_counts(entry, edges)
+    assert counts["gmm_clean"].sum() == pytest.approx((0.3 + 0.4) * 1000, rel=1e-3)
+    assert counts["gmm_noisy"].sum() == pytest.approx((0.2 + 0.1) * 1000, rel=1e-3)
+
+
 def test_suspicious_orders_by_clean_probability_then_js_then_index():
     scores = [("0.9", "0.1"), ("0.0", "0.2"), ("0.5", "0.3"), ("0.0", "0.4"), ("0.0", "0.2")]
     rows = [{"index": str(i), "clean_prob": p, "js_given": js} for i, (p, js) in enumerate(scores)]

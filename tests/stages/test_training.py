@@ -189,3 +189,49 @@ def test_ssl_train_refuses_a_single_warmed_network(data_dirs, tmp_path):
 def test_is_recalibration_every_p_th_global_epoch():
     assert [e for e in range(15) if ssl_train.is_recalibration(e, 6)] == [5, 11]
     assert not any(ssl_train.is_recalibration(e, 0) for e in range(50))
+
+
+def _two_class_losses() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Class 0 is easy (clean losses near 0.1), class 1 hard (clean near 0.6); noisy ones near 0.9."""
+    gen = torch.Generator().manual_seed(0)
+    parts, labels, clean = [], [], []
+    for label, clean_mean in ((0, 0.1), (1, 0.6)):
+        parts += [
+            clean_mean + 0.03 * torch.randn(600, generator=gen),
+            0.9 + 0.03 * torch.randn(400, generator=gen),
+        ]
+        labels += [torch.full((1000,), label)]
+        clean += [torch.arange(1000) < 600]
+    return torch.cat(parts).clamp(0, 1), torch.cat(labels), torch.cat(clean)
+
+
+def test_per_class_division_keeps_the_clean_samples_of_a_hard_class():
+    losses, labels, clean = _two_class_losses()
+    hard = labels == 1
+    recall = {}
+    for per_class in (False, True):
+        params = _params(f"co_divide.per_class={str(per_class).lower()}")
+        groups = co_divide.normalisation_groups(labels, params)
+        normalised = co_divide.division.minmax_normalise(losses, groups=groups)
+        prob, fits = co_divide.fit_clean_prob(normalised, labels, params, seed_key=("test",))
+        assert len(fits) == (2 if per_class else 1)
+        assert sum(fit.share for fit in fits) == pytest.approx(1.0)
+        recall[per_class] = float((prob[hard & clean] > 0.5).float().mean())
+        # the per-class posterior is the class's own GMM: refit class 1 alone and compare
+        if per_class:
+            alone = co_divide.division.posterior(fits[1].gmm, normalised[hard])
+            torch.testing.assert_close(prob[hard], alone)
+            assert float((prob[~clean] < 0.5).float().mean()) > 0.99
+    assert recall[True] > 0.99 > 0.5 > recall[False]
+
+
+def test_per_class_division_fits_one_gmm_per_class_on_digits(data_dirs, warmed, tmp_path):
+    co_divide.run(
+        _params("co_divide.per_class=true"), **data_dirs, warmup_dir=warmed[0], out_dir=tmp_path / "d"
+    )
+    arrays = np.load(tmp_path / "d" / "partition.npz")
+    labels = np.load(data_dirs["labels_dir"] / "labels.npz")["train_labels"]
+    for c in np.unique(labels):  # normalised within each class
+        assert arrays["normalised"][0][labels == c].max() == pytest.approx(1.0)
+    entry = json.loads((tmp_path / "d" / "histogram.json").read_text())["networks"][0]
+    assert sum(entry["clean"]) == len(np.unique(labels)) and sum(entry["weights"]) == pytest.approx(1.0)
