@@ -163,7 +163,9 @@ def table(results: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {noise}, detection F1 / AUROC | "
             + " | ".join(
-                f"{r['detection']['f1']:.3f} / {r['detection']['auroc']:.3f}" if r and r["detection"] else ""
+                f"{r['detection']['f1']:.3f} / {r['detection']['auroc']:.3f}{_mark(r)}"
+                if r and r["detection"]
+                else ""
                 for r in runs
             )
             + " |"

@@ -87,13 +87,13 @@ def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, labels, reduction="none")
 
 
-def minmax_normalise(losses: torch.Tensor, *, groups: torch.Tensor | None = None) -> torch.Tensor:
+def minmax_normalise(losses: torch.Tensor, *, groups: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Rescale losses to [0, 1]: ℓ̂ = (ℓ − min)/(max − min) (§2.1 step 2).
 
     Args:
         losses: (N,) per-sample losses.
-        groups: (N,) integer group of each sample (e.g. its given class), or None for one group.
-            With groups, min and max are taken within each group.
+        groups: the sample indices of each group (`group_members`), every sample in exactly one, or
+            None for one group. With groups, min and max are taken within each group.
 
     Returns:
         (N,) normalised losses. A constant group maps to zeros rather than NaN.
@@ -101,7 +101,7 @@ def minmax_normalise(losses: torch.Tensor, *, groups: torch.Tensor | None = None
     _check_vector("losses", losses)
     if groups is not None:
         out = torch.empty_like(losses)
-        for members in group_members(groups, losses.numel()):
+        for members in groups:
             out[members] = minmax_normalise(losses[members])
         return out
     if losses.numel() == 0:

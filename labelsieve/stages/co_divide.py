@@ -88,11 +88,12 @@ def divide_losses(
     cfg = params.co_divide
     rows = {name: [] for name in ("normalised", "clean_prob", "labeled")}
     fits, fell_back = [], []
+    classes = class_members(labels, params)
     for k in range(losses.shape[0]):
-        normalised = division.minmax_normalise(losses[k], groups=normalisation_groups(labels, params))
+        normalised = division.minmax_normalise(losses[k], groups=classes)
         if history is not None and len(history[k]):
             normalised = torch.cat([history[k].to(normalised), normalised[None]]).mean(dim=0)
-        clean_prob, network_fits = fit_clean_prob(normalised, labels, params, seed_key=(tag, str(k)))
+        clean_prob, network_fits = fit_clean_prob(normalised, classes, labels, params, seed_key=(tag, str(k)))
         labeled, guarded = division.partition(clean_prob, threshold=cfg.threshold, min_size=min_size)
         if guarded:
             warnings.warn(
@@ -112,42 +113,45 @@ def divide_losses(
     )
 
 
-def normalisation_groups(labels: torch.Tensor, params: Params) -> torch.Tensor | None:
-    """The given labels when `co_divide.per_class` is on (losses are compared within a class), else None."""
-    return labels if params.co_divide.per_class else None
+def class_members(labels: torch.Tensor, params: Params) -> list[torch.Tensor] | None:
+    """The sample indices of each given class when `co_divide.per_class` is on (losses are compared within
+    a class), else None (one group)."""
+    return division.group_members(labels, labels.numel()) if params.co_divide.per_class else None
 
 
 def fit_clean_prob(
-    normalised: torch.Tensor, labels: torch.Tensor, params: Params, *, seed_key: tuple[str, ...]
+    normalised: torch.Tensor,
+    classes: list[torch.Tensor] | None,
+    labels: torch.Tensor,
+    params: Params,
+    *,
+    seed_key: tuple[str, ...],
 ) -> tuple[torch.Tensor, list[GroupFit]]:
     """The clean probability of every sample from one GMM over all samples, or one per given class.
 
     Args:
-        normalised: (N,) normalised losses (per class when `co_divide.per_class`).
-        labels: (N,) the given labels, the groups of the per-class fits.
+        normalised: (N,) normalised losses (per class when `classes` is given).
+        classes: `class_members`: the sample indices of each given class, or None for one fit.
+        labels: (N,) the given labels (they name each class's seed stream).
         seed_key: names this fit's seed stream (the division's tag and the network).
 
     A class with fewer than two samples cannot be fitted; its samples keep a clean probability of 1.
     """
     cfg = params.co_divide
-    n = normalised.numel()
-    if not cfg.per_class:
-        groups = [torch.arange(n, device=normalised.device)]
-    else:
-        groups = division.group_members(labels, n)
+    groups = classes if classes is not None else [torch.arange(normalised.numel(), device=normalised.device)]
     clean_prob = torch.ones_like(normalised)
     fits = []
     for members in groups:
         if members.numel() < 2:
             continue
-        key = seed_key if not cfg.per_class else (*seed_key, f"class{int(labels[members[0]])}")
+        key = seed_key if classes is None else (*seed_key, f"class{int(labels[members[0]])}")
         seed = int(numpy_rng(params.runtime.seed, "co_divide", *key).integers(0, 2**31 - 1))
         values = normalised[members]
         gmm = division.fit_gmm_1d(
             values, max_iter=cfg.gmm_max_iter, tol=cfg.gmm_tol, reg_covar=cfg.gmm_reg_covar, seed=seed
         )
         clean_prob[members] = division.posterior(gmm, values)
-        fits.append(GroupFit(share=members.numel() / n, gmm=gmm))
+        fits.append(GroupFit(share=members.numel() / normalised.numel(), gmm=gmm))
     return clean_prob, fits
 
 

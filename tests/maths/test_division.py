@@ -74,7 +74,7 @@ def test_minmax_normalise_constant_input_gives_zeros() -> None:
 
 def test_minmax_normalise_per_group_hand_computed() -> None:
     losses = torch.tensor([2.0, 10.0, 4.0, 20.0, 3.0, 5.0])
-    groups = torch.tensor([0, 1, 0, 1, 0, 2])  # group 2 is constant -> 0
+    groups = group_members(torch.tensor([0, 1, 0, 1, 0, 2]), 6)  # group 2 is constant -> 0
     out = minmax_normalise(losses, groups=groups)
     torch.testing.assert_close(out, torch.tensor([0.0, 0.0, 1.0, 1.0, 0.5, 0.0]))
 

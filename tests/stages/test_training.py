@@ -211,9 +211,9 @@ def test_per_class_division_keeps_the_clean_samples_of_a_hard_class():
     recall = {}
     for per_class in (False, True):
         params = _params(f"co_divide.per_class={str(per_class).lower()}")
-        groups = co_divide.normalisation_groups(labels, params)
-        normalised = co_divide.division.minmax_normalise(losses, groups=groups)
-        prob, fits = co_divide.fit_clean_prob(normalised, labels, params, seed_key=("test",))
+        classes = co_divide.class_members(labels, params)
+        normalised = co_divide.division.minmax_normalise(losses, groups=classes)
+        prob, fits = co_divide.fit_clean_prob(normalised, classes, labels, params, seed_key=("test",))
         assert len(fits) == (2 if per_class else 1)
         assert sum(fit.share for fit in fits) == pytest.approx(1.0)
         recall[per_class] = float((prob[hard & clean] > 0.5).float().mean())
