@@ -113,19 +113,17 @@ def minmax_normalise(losses: torch.Tensor, *, groups: list[torch.Tensor] | None 
     return torch.sub(losses, low).div_(span)  # in place: one (N,) allocation, not two
 
 
-def group_members(groups: torch.Tensor, n: int) -> list[torch.Tensor]:
+def group_members(groups: torch.Tensor) -> list[torch.Tensor]:
     """Indices of the samples of each non-empty group, in ascending group order.
 
     Args:
         groups: (N,) integer group ids.
-        n: N, checked against ``groups``.
 
     Raises:
         ValueError: If ``groups`` is not an (N,) integer tensor.
     """
-    _check_vector("groups", groups)
-    if groups.numel() != n or groups.is_floating_point():
-        raise ValueError(f"groups must be ({n},) integers, got {tuple(groups.shape)} {groups.dtype}")
+    if groups.dim() != 1 or groups.is_floating_point():
+        raise ValueError(f"groups must be (N,) integers, got {tuple(groups.shape)} {groups.dtype}")
     order = torch.sort(groups, stable=True)
     _, counts = torch.unique_consecutive(order.values, return_counts=True)
     return list(torch.split(order.indices, counts.tolist()))

@@ -44,6 +44,7 @@ class Division:
 
     losses: torch.Tensor  # (K, N) raw CE against the given labels
     normalised: torch.Tensor  # (K, N) the GMM's input (min-max normalised, history-averaged)
+    normalised_now: torch.Tensor  # (K, N) this division's own normalised losses, before the history average
     clean_prob: torch.Tensor  # (K, N) w from network k's losses
     labeled: torch.Tensor  # (K, N) bool, X from network k's losses
     fits: list[list[GroupFit]]  # per network, one GMM per group (one group unless per-class)
@@ -86,11 +87,11 @@ def divide_losses(
 ) -> Division:
     """Normalise, (history-average), GMM and partition of each network's per-sample losses (K, N)."""
     cfg = params.co_divide
-    rows = {name: [] for name in ("normalised", "clean_prob", "labeled")}
+    rows = {name: [] for name in ("normalised_now", "normalised", "clean_prob", "labeled")}
     fits, fell_back = [], []
     classes = class_members(labels, params)
     for k in range(losses.shape[0]):
-        normalised = division.minmax_normalise(losses[k], groups=classes)
+        normalised_now = normalised = division.minmax_normalise(losses[k], groups=classes)
         if history is not None and len(history[k]):
             normalised = torch.cat([history[k].to(normalised), normalised[None]]).mean(dim=0)
         clean_prob, network_fits = fit_clean_prob(normalised, classes, labels, params, seed_key=(tag, str(k)))
@@ -101,7 +102,12 @@ def divide_losses(
                 "fell back to the top/bottom-k by clean probability",
                 stacklevel=2,
             )
-        for name, value in (("normalised", normalised), ("clean_prob", clean_prob), ("labeled", labeled)):
+        for name, value in (
+            ("normalised_now", normalised_now),
+            ("normalised", normalised),
+            ("clean_prob", clean_prob),
+            ("labeled", labeled),
+        ):
             rows[name].append(value)
         fits.append(network_fits)
         fell_back.append(guarded)
@@ -116,7 +122,7 @@ def divide_losses(
 def class_members(labels: torch.Tensor, params: Params) -> list[torch.Tensor] | None:
     """The sample indices of each given class when `co_divide.per_class` is on (losses are compared within
     a class), else None (one group)."""
-    return division.group_members(labels, labels.numel()) if params.co_divide.per_class else None
+    return division.group_members(labels) if params.co_divide.per_class else None
 
 
 def fit_clean_prob(

@@ -247,9 +247,8 @@ def _division(
     result = co_divide.divide(
         networks, data, params, tag=f"epoch{epoch}", history=past, min_size=params.ssl_train.batch_size
     )
-    groups = co_divide.class_members(data.train_labels, params)
-    raw_now = [co_divide.division.minmax_normalise(loss, groups=groups) for loss in result.losses]
     loss_history[:] = [
-        torch.cat([h, now[None]])[-max(keep, 1) :] for h, now in zip(loss_history, raw_now, strict=True)
+        torch.cat([h, now[None]])[-max(keep, 1) :]
+        for h, now in zip(loss_history, result.normalised_now, strict=True)
     ]
     return {"clean_prob": result.clean_prob, "labeled": result.labeled}

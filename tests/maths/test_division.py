@@ -74,20 +74,20 @@ def test_minmax_normalise_constant_input_gives_zeros() -> None:
 
 def test_minmax_normalise_per_group_hand_computed() -> None:
     losses = torch.tensor([2.0, 10.0, 4.0, 20.0, 3.0, 5.0])
-    groups = group_members(torch.tensor([0, 1, 0, 1, 0, 2]), 6)  # group 2 is constant -> 0
+    groups = group_members(torch.tensor([0, 1, 0, 1, 0, 2]))  # group 2 is constant -> 0
     out = minmax_normalise(losses, groups=groups)
     torch.testing.assert_close(out, torch.tensor([0.0, 0.0, 1.0, 1.0, 0.5, 0.0]))
 
 
 def test_group_members_lists_each_group_in_order() -> None:
-    members = group_members(torch.tensor([3, 0, 3, 1, 0]), 5)
+    members = group_members(torch.tensor([3, 0, 3, 1, 0]))
     assert [m.tolist() for m in members] == [[1, 4], [3], [0, 2]]
 
 
-@pytest.mark.parametrize("groups", [torch.tensor([0.0, 1.0]), torch.tensor([0, 1, 1])])
+@pytest.mark.parametrize("groups", [torch.tensor([0.0, 1.0]), torch.tensor([[0, 1], [1, 0]])])
 def test_group_members_rejects_float_or_misshaped_groups(groups: torch.Tensor) -> None:
     with pytest.raises(ValueError, match="groups must be"):
-        group_members(groups, 2)
+        group_members(groups)
 
 
 # --- GMM -----------------------------------------------------------------------------------------------
