@@ -178,7 +178,7 @@ def mixmatch_losses(
     - L_x = mean over the first ``num_labeled_rows`` rows of CE(s, P̃) (soft-target cross-entropy);
     - L_u = mean over the remaining rows and over classes of (softmax(s) − P̃)²; the squared error is
       bounded, so wrong guesses on unlabeled rows cannot dominate; 0 when there are no such rows
-      (web-scale variant, λ_u = 0, where only the labeled rows are forwarded);
+      (web-scale variant, λ_u = 0, where only the mixed labeled rows are forwarded);
     - L_reg = Σ_c (1/C)·log((1/C)/p̂_c), p̂ the mean softmax over all rows given: KL from a uniform
       prior, which keeps the network from collapsing onto a few classes.
 

@@ -60,7 +60,8 @@ def mixmatch_epoch(
     unlabeled_order = torch.cat(
         [unlabeled_idx[torch.randperm(len(unlabeled_idx), generator=generators.cpu)] for _ in range(laps)]
     )
-    web_scale = cfg.lambda_u == 0 or len(unlabeled_idx) == 0
+    # λ_u = 0 (web scale): the unlabeled rows still take part in the mix; only their forward and L_u go.
+    web_scale = cfg.lambda_u == 0
     sums = {"lx": 0.0, "lu": 0.0, "lreg": 0.0, "loss": 0.0}
 
     def view(idx: torch.Tensor) -> torch.Tensor:
@@ -70,32 +71,29 @@ def mixmatch_epoch(
         t = epoch + step / steps
         loop.set_lr(optimizer, loop.lr_at(t, model_cfg, params.total_epochs))
         xb = labeled_order[step * cfg.batch_size : (step + 1) * cfg.batch_size].to(device)
-        b = len(xb)
+        ub = unlabeled_order[step * cfg.batch_size : step * cfg.batch_size + len(xb)].to(device)
+        b, bu = len(xb), len(ub)
         x1, x2 = view(xb), view(xb)
+        u1, u2 = view(ub), view(ub)
         with torch.no_grad(), autocast(x1.device, params.runtime.precision):
-            if web_scale:
-                own = F.softmax(net(torch.cat([x1, x2])).float(), dim=1)
-                px1, px2 = own.split(b)
-            else:
-                ub = unlabeled_order[step * cfg.batch_size : step * cfg.batch_size + b].to(device)
-                u1, u2 = view(ub), view(ub)
-                # Two fused no-grad calls instead of six: net on all four views, peer on the unlabeled two.
-                own = F.softmax(net(torch.cat([u1, u2, x1, x2])).float(), dim=1)
-                pu1, pu2, px1, px2 = own.split(b)
-                qu1, qu2 = F.softmax(peer(torch.cat([u1, u2])).float(), dim=1).split(b)
-                guessed = mixmatch.co_guess(pu1, pu2, qu1, qu2, cfg.temperature)
+            # Two fused no-grad calls instead of six: net on all four views, peer on the unlabeled two.
+            own = F.softmax(net(torch.cat([u1, u2, x1, x2])).float(), dim=1)
+            pu1, pu2, px1, px2 = own.split([bu, bu, b, b])
             refined = mixmatch.co_refine(
                 px1, px2, data.train_labels[xb], clean_prob[xb].float(), data.num_classes, cfg.temperature
             )
-        if web_scale:
-            inputs, targets = torch.cat([x1, x2]), torch.cat([refined, refined])
-        else:
-            inputs, targets = torch.cat([x1, x2, u1, u2]), torch.cat([refined, refined, guessed, guessed])
+            if bu:
+                qu1, qu2 = F.softmax(peer(torch.cat([u1, u2])).float(), dim=1).split(bu)
+                guessed = mixmatch.co_guess(pu1, pu2, qu1, qu2, cfg.temperature)
+            else:
+                guessed = refined[:0]
+        inputs, targets = torch.cat([x1, x2, u1, u2]), torch.cat([refined, refined, guessed, guessed])
         lam = mixmatch.sample_lambda(cfg.alpha, generators.cpu)
         perm = torch.randperm(len(inputs), generator=generators.cpu).to(device)
         mixed_x, mixed_t = mixmatch.mix(inputs, targets, lam, perm)
-        rows = 2 * b  # the web-scale variant forwards only the mixed labeled rows
-        mixed_x, mixed_t = (mixed_x[:rows], mixed_t[:rows]) if web_scale else (mixed_x, mixed_t)
+        rows = 2 * b  # the labeled rows come first; at web scale only they are forwarded
+        if web_scale:
+            mixed_x, mixed_t = mixed_x[:rows], mixed_t[:rows]
         with autocast(mixed_x.device, params.runtime.precision):
             logits = net(mixed_x).float()
         terms = mixmatch.mixmatch_losses(logits, mixed_t, rows)

@@ -165,11 +165,23 @@ def test_ssl_train_resume_after_kill_equals_uninterrupted(data_dirs, warmed, div
     np.testing.assert_array_equal(final, np.load(tmp_path / "whole" / "partition.npz")["clean_prob"])
 
 
-def test_ssl_train_web_scale_variant_runs_without_unlabeled_loss(data_dirs, warmed, divided, tmp_path):
-    summary = _ssl(
-        _params("ssl_train.lambda_u=0", "ssl_train.epochs=1"), data_dirs, warmed, divided, tmp_path / "w"
-    )
+def test_ssl_train_web_scale_variant_mixes_unlabeled_rows_but_drops_their_loss(
+    data_dirs, warmed, divided, tmp_path, monkeypatch
+):
+    # §2.2 web scale: Z̃ still mixes all 4B rows [x1; x2; u1; u2]; only the first 2B are forwarded.
+    mixed_sizes = []
+    real_mix = ssl_train.mixmatch.mix
+
+    def spy(inputs, targets, lam, perm):
+        mixed_sizes.append((len(inputs), len(perm)))
+        return real_mix(inputs, targets, lam, perm)
+
+    monkeypatch.setattr(ssl_train.mixmatch, "mix", spy)
+    params = _params("ssl_train.lambda_u=0", "ssl_train.epochs=1")
+    summary = _ssl(params, data_dirs, warmed, divided, tmp_path / "w")
     assert summary["lu"] == [0.0, 0.0] and summary["lx"][0] > 0
+    b = params.ssl_train.batch_size
+    assert mixed_sizes and mixed_sizes[0] == (4 * b, 4 * b)
 
 
 def test_ssl_train_refuses_a_single_warmed_network(data_dirs, tmp_path):
