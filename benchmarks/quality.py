@@ -74,8 +74,15 @@ def method_params(base: Path, method: str, noise: str, overrides: list[str]) -> 
 
 
 def params_key(params: Params) -> str:
-    """A short hash of the resolved params (a saved run with another key is stale)."""
-    text = json.dumps(params.to_dict(), sort_keys=True, default=str)
+    """A short hash of the params a run reads (a saved run with another key is stale).
+
+    A run without SSL epochs reads only `ssl_train.batch_size` of its section (co-divide's guard), so
+    the runs of `ce`, `clean`, `grip` and `sssl` keep their key when the co-training params change.
+    """
+    resolved = params.to_dict()
+    if params.ssl_train.epochs == 0:
+        resolved["ssl_train"] = {k: resolved["ssl_train"][k] for k in ("epochs", "batch_size")}
+    text = json.dumps(resolved, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -23,10 +23,10 @@ SPEED_STAGES = {"ce", "warmup-mixup", "ssl", "co-divide", "grip", "retrain-batch
 
 
 @functools.cache
-def _speed_module() -> ModuleType:
-    """benchmarks/speed.py as a module (it is a script, not part of the package)."""
-    name = "labelsieve_speed_benchmark"
-    spec = importlib.util.spec_from_file_location(name, SPEED)
+def _benchmark_module(script: str) -> ModuleType:
+    """benchmarks/<script>.py as a module (the scripts are not part of the package)."""
+    name = f"labelsieve_{script}_benchmark"
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{script}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up while the file executes
     spec.loader.exec_module(module)
@@ -70,7 +70,7 @@ def test_speed_smoke_reports_every_stage(tmp_path: Path) -> None:
     ],
 )
 def test_peak_bf16_tflops_by_device_name(device_name: str, tflops: float | None) -> None:
-    assert _speed_module().peak_bf16_tflops(device_name) == tflops
+    assert _benchmark_module("speed").peak_bf16_tflops(device_name) == tflops
 
 
 # Digits, one or two epochs per stage: `smr` and `labelsieve` resolve to the same params here (the
@@ -118,3 +118,18 @@ def test_quality_runs_reuses_and_reports_failures(tmp_path: Path) -> None:
     )
     assert "| sym50 | smr† | " in stale.stdout and "params older than the current ones" in stale.stdout
     assert (out / "sym50-smr.json").stat().st_mtime_ns == mtime
+
+
+def test_quality_key_covers_only_what_a_run_reads() -> None:
+    quality = _benchmark_module("quality")
+    base = BENCHMARKS.parent / "params.yaml"
+
+    def key(method: str, *overrides: str) -> str:
+        return quality.params_key(quality.method_params(base, method, "sym50", list(overrides)))
+
+    for method in ("ce", "clean", "grip", "sssl"):  # no SSL epoch: only the batch size is read
+        assert key(method) == key(method, "ssl_train.lambda_u=7", "ssl_train.recalibration_period=3")
+        assert key(method) != key(method, "ssl_train.batch_size=32")
+    for method in ("dividemix", "smr", "labelsieve"):
+        assert key(method) != key(method, "ssl_train.lambda_u=7")
+    assert key("ce") != key("ce", "model.lr=0.09")
