@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.environment import cpu_model, peak_rss_mib  # noqa: E402
 from labelsieve.atomic import write_json, write_text  # noqa: E402
 from labelsieve.config import Params, load_params  # noqa: E402
+from labelsieve.engine.device import apply_threads  # noqa: E402
 from labelsieve.stages import ARTIFACTS, STAGES, evaluate  # noqa: E402
 
 NOISE = {
@@ -226,6 +227,7 @@ def main() -> None:
     if args.one:  # the child process of one run
         method, noise, dataset, run_dir = args.one
         params = method_params(Path(args.params), method, noise, args.set)
+        apply_threads(params.runtime.threads)
         print(json.dumps(run_one(params, Path(dataset), Path(run_dir))))
         return
     methods, noises = args.methods.split(","), args.noise.split(",")

@@ -10,11 +10,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from labelsieve import predict
 from labelsieve.config import Params, load_params, preset_names
-from labelsieve.engine.device import resolve_device
+from labelsieve.engine.device import apply_threads, resolve_device
 from labelsieve.errors import LabelsieveError
 from labelsieve.export import export
 from labelsieve.pipeline_cli import add_pipeline_command, run_pipeline_command
@@ -67,8 +65,7 @@ def _params(args: argparse.Namespace) -> Params:
     """Params from --params (else ./params.yaml if present), --preset and --set; applies runtime.threads."""
     params_file = args.params or ("params.yaml" if Path("params.yaml").is_file() else None)
     params = load_params(params_file, presets=args.preset, overrides=args.overrides)
-    if params.runtime.threads:
-        torch.set_num_threads(params.runtime.threads)
+    apply_threads(params.runtime.threads)
     return params
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from labelsieve.atomic import write_bytes
 from labelsieve.config import Params, load_params
 from labelsieve.data import s3
+from labelsieve.engine.device import apply_threads
 from labelsieve.errors import LabelsieveError
 from labelsieve.stages import STAGES
 
@@ -72,10 +73,7 @@ def run_stage(
         **inputs: the stage's input directories by run() keyword.
     """
     params = resolve_params(params_yaml, presets, overrides)
-    if params.runtime.threads:  # as the CLI does
-        import torch
-
-        torch.set_num_threads(params.runtime.threads)
+    apply_threads(params.runtime.threads)
     summary = STAGES[name].run(params, **inputs, out_dir=out_dir)
     if metrics is not None:
         for key, value in flatten_numbers(summary).items():
