@@ -6,8 +6,9 @@ the same registered stages `dvc repro` runs, in a fresh subprocess (so its peak 
 artifacts in a temporary folder and the ingested dataset shared. Per run it records, from the evaluate
 stage: the last-epoch test accuracy of the final model, the test accuracy at the epoch chosen on the noisy
 validation split, and purify's detection of the injected noise (F1, AUROC, relabel accuracy) for the
-methods that co-divide or purify. Also the seconds per epoch of each training stage, each stage's wall
-time, the whole run's wall time and peak RSS.
+methods that co-divide or purify. Also the seconds per epoch of each training stage and its ratio to one
+network's plain CE epoch in the same process (the CE warm-up, or SMR's recalibration epochs), each stage's
+wall time, the whole run's wall time and peak RSS.
 
     uv run python benchmarks/quality.py                          # 7 methods x 4 settings (about 3 h, 2 cores)
     uv run python benchmarks/quality.py --methods ce,smr --noise sym50
@@ -105,6 +106,7 @@ def run_one(params: Params, dataset: Path, run_dir: Path) -> dict[str, Any]:
         epoch_seconds[name] = statistics.median(times) if times else None
     if epoch_seconds["warmup"] is not None:  # the warm-up trains each network in turn
         epoch_seconds["warmup"] /= params.warmup.networks
+    ce_epoch = ce_epoch_seconds(params, run_dir)
     detects = params.ssl_train.epochs > 0 or params.group_regularize.epochs > 0
     return {
         "final_stage": summary["final_stage"],
@@ -117,11 +119,28 @@ def run_one(params: Params, dataset: Path, run_dir: Path) -> dict[str, Any]:
         if detects
         else None,
         "epoch_seconds": epoch_seconds,
+        "ce_epoch_seconds": ce_epoch,
+        "epoch_x_ce": {k: v / ce_epoch for k, v in epoch_seconds.items() if v and ce_epoch},
         "stage_seconds": stage_seconds,
         "wall_seconds": wall,
         "peak_rss_mb": peak_rss_mib(),
         "threads": torch.get_num_threads(),
     }
+
+
+def ce_epoch_seconds(params: Params, run_dir: Path) -> float | None:
+    """One network's plain CE epoch in this run's own process, the unit of BENCHMARKS.md's ratios.
+
+    It is the CE warm-up's epoch, else an SMR recalibration epoch (plain CE for each of the two networks);
+    None when the run has neither (the mixup warm-up of a run without recalibration, or `sssl`).
+    """
+    if params.warmup.loss == "ce" and params.warmup.epochs > 0:
+        history, networks = evaluate.read_history(run_dir / "warmup"), params.warmup.networks
+    else:
+        history, networks = evaluate.read_history(run_dir / "ssl"), 2
+        history = [h for h in history if h.get("kind") == "recalibration"]
+    times = [h["train_seconds"] / networks for h in history]
+    return statistics.median(times) if times else None
 
 
 def _same_run(out: Path, key: str) -> dict[str, Any] | None:
@@ -181,12 +200,15 @@ def table(results: list[dict[str, Any]]) -> str:
     lines += [
         "",
         "| noise | method | last-epoch acc | best-val acc | F1 | AUROC | relabel acc | noise after purify "
-        "| CE / SSL / GRIP / retrain epoch s | wall s | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| warm-up / SSL / GRIP / retrain epoch s | the same × this run's CE epoch | wall s | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(results, key=lambda r: (list(NOISE).index(r["noise"]), METHODS.index(r["method"]))):
         d = r["detection"] or {}
         epochs = " / ".join("-" if s is None else f"{s:.1f}" for s in r["epoch_seconds"].values())
+        ratios = " / ".join(
+            f"{r['epoch_x_ce'][k]:.2f}" if k in r.get("epoch_x_ce", {}) else "-" for k in r["epoch_seconds"]
+        )
         cells = [
             r["noise"],
             r["method"] + _mark(r),
@@ -197,6 +219,7 @@ def table(results: list[dict[str, Any]]) -> str:
             _cell(d.get("relabel_accuracy"), "{:.3f}", 1),
             _cell(d.get("noise_rate_after"), "{:.3f}", 1),
             epochs,
+            ratios,
             f"{r['wall_seconds']:.0f}",
             f"{r['peak_rss_mb']:.0f}",
         ]

@@ -133,3 +133,29 @@ def test_quality_key_covers_only_what_a_run_reads() -> None:
     for method in ("dividemix", "smr", "labelsieve"):
         assert key(method) != key(method, "ssl_train.lambda_u=7")
     assert key("ce") != key("ce", "model.lr=0.09")
+
+
+def test_quality_ce_epoch_is_the_runs_own_plain_ce_epoch(tmp_path: Path) -> None:
+    quality = _benchmark_module("quality")
+    base = BENCHMARKS.parent / "params.yaml"
+
+    def write_history(folder: str, records: list[dict]) -> None:
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / "history.json").write_text(json.dumps(records))
+
+    write_history("warmup", [{"train_seconds": t} for t in (4.0, 9.0, 6.0)])
+    write_history(
+        "ssl",
+        [
+            {"kind": "mixmatch", "train_seconds": 30.0},
+            {"kind": "recalibration", "train_seconds": 5.0},
+            {"kind": "recalibration", "train_seconds": 7.0},
+        ],
+    )
+    dividemix = quality.method_params(base, "dividemix", "sym50", [])  # CE warm-up of two networks
+    assert quality.ce_epoch_seconds(dividemix, tmp_path) == 3.0  # median(4, 9, 6) / 2
+    smr = quality.method_params(base, "smr", "sym50", [])  # mixup warm-up: the recalibration epochs
+    assert quality.ce_epoch_seconds(smr, tmp_path) == 3.0  # median(5, 7) / 2
+    no_recalibration = quality.method_params(base, "smr", "sym50", ["ssl_train.recalibration_period=0"])
+    write_history("ssl", [{"kind": "mixmatch", "train_seconds": 30.0}])
+    assert quality.ce_epoch_seconds(no_recalibration, tmp_path) is None
