@@ -1,4 +1,4 @@
-"""Quality benchmark (BENCHMARKS.md): every method on every noise setting of the CPU profile.
+"""Quality benchmark (docs/benchmarks.md): every method on every noise setting of the CPU profile.
 
 The CPU profile is the Fashion-MNIST 10k subset with `small_cnn`, one seed and one epoch budget. Each
 method is a preset (`labelsieve` is params.yaml as it is: the full pipeline). A run is the whole DAG,
@@ -39,10 +39,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks import cleanlab_peer  # noqa: E402
 from benchmarks.environment import cpu_model, peak_rss_mib  # noqa: E402
 from labelsieve.atomic import write_json, write_text  # noqa: E402
 from labelsieve.config import Params, load_params  # noqa: E402
-from labelsieve.engine.device import apply_threads  # noqa: E402
+from labelsieve.engine import loop  # noqa: E402
+from labelsieve.engine.device import apply_threads, resolve_device  # noqa: E402
+from labelsieve.engine.resident import TrainingData  # noqa: E402
 from labelsieve.stages import ARTIFACTS, STAGES, evaluate  # noqa: E402
 
 NOISE = {
@@ -55,7 +58,8 @@ NOISE = {
     "inst40": ["inject_noise.mode=instance", "inject_noise.rate=0.4"],
     "sym80": ["inject_noise.mode=symmetric", "inject_noise.rate=0.8"],
 }
-METHODS = ("ce", "clean", "dividemix", "smr", "grip", "sssl", "labelsieve")
+METHODS = ("ce", "clean", "dividemix", "smr", "grip", "sssl", "cleanlab", "labelsieve")
+PRESETS = {"labelsieve": [], "cleanlab": ["ce"]}  # every other method is the preset of its name
 # Training stages: (stage, history folder under the run, the epoch kind whose time is reported).
 TRAINING = (
     ("warmup", "warmup", None),
@@ -69,7 +73,9 @@ RESULTS = REPO / "benchmarks" / "results" / "quality"
 def method_params(base: Path, method: str, noise: str, overrides: list[str]) -> Params:
     """The resolved params of one run: base file, the method's preset, the noise setting, overrides."""
     noise_overrides = [] if method == "clean" else NOISE[noise]
-    presets = [] if method == "labelsieve" else [method]
+    if method == "dividemix" and noise.startswith("asym"):  # DivideMix's warm-up at asymmetric noise
+        noise_overrides = [*noise_overrides, "warmup.confidence_penalty=1.0"]
+    presets = PRESETS.get(method, [method])
     return load_params(
         base, presets=presets, overrides=["runtime.progress=never", *noise_overrides, *overrides]
     )
@@ -107,6 +113,7 @@ def run_one(params: Params, dataset: Path, run_dir: Path) -> dict[str, Any]:
     if epoch_seconds["warmup"] is not None:  # the warm-up trains each network in turn
         epoch_seconds["warmup"] /= params.warmup.networks
     ce_epoch = ce_epoch_seconds(params, run_dir)
+    single = single_network_test_acc(params, summary["final_stage"], dataset, run_dir)
     detects = params.ssl_train.epochs > 0 or params.group_regularize.epochs > 0
     return {
         "final_stage": summary["final_stage"],
@@ -118,6 +125,7 @@ def run_one(params: Params, dataset: Path, run_dir: Path) -> dict[str, Any]:
         | {"noise_rate_after": summary.get("noise_rate_after_purify")}
         if detects
         else None,
+        "single_network_test_acc": single,
         "epoch_seconds": epoch_seconds,
         "ce_epoch_seconds": ce_epoch,
         "epoch_x_ce": {k: v / ce_epoch for k, v in epoch_seconds.items() if v and ce_epoch},
@@ -128,8 +136,20 @@ def run_one(params: Params, dataset: Path, run_dir: Path) -> dict[str, Any]:
     }
 
 
+def single_network_test_acc(params: Params, final_stage: str, dataset: Path, run_dir: Path) -> float:
+    """Test accuracy of the final stage's first network alone, beside the ensemble's: a like-for-like
+    figure against one-network methods. The retrained model is one network already."""
+    folder = {name: folder for name, folder, _ in TRAINING}[final_stage]
+    if final_stage == "retrain":
+        return evaluate.read_history(run_dir / folder)[-1]["test_acc"]
+    device = resolve_device(params.runtime.device)
+    data = TrainingData.load(dataset, run_dir / "labels", device)
+    first = loop.load_networks(run_dir / folder, params, data, device)[:1]
+    return loop.evaluate(first, data, params)["test_acc"]
+
+
 def ce_epoch_seconds(params: Params, run_dir: Path) -> float | None:
-    """One network's plain CE epoch in this run's own process, the unit of BENCHMARKS.md's ratios.
+    """One network's plain CE epoch in this run's own process, the unit of docs/benchmarks.md's ratios.
 
     It is the CE warm-up's epoch, else an SMR recalibration epoch (plain CE for each of the two networks);
     None when the run has neither (the mixup warm-up of a run without recalibration, or `sssl`).
@@ -169,51 +189,72 @@ def _mark(run: dict[str, Any] | None) -> str:
     return STALE if run and run.get("stale") else ""
 
 
+def mean_std(values: list[float], fmt: str = "{:.2f}", scale: float = 100.0) -> str:
+    """One run's value, or "mean ± std" (population std) over several seeds; "" when there is none."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return ""
+    if len(values) == 1:
+        return fmt.format(scale * values[0])
+    return f"{fmt.format(scale * statistics.mean(values))} ± {fmt.format(scale * statistics.pstdev(values))}"
+
+
 def table(results: list[dict[str, Any]]) -> str:
-    """Markdown: the method-by-noise summary, then one row per run; stale runs are marked."""
+    """Markdown: the method-by-noise summary (mean ± std over the seeds run), then one row per run."""
     noises = [n for n in NOISE if any(r["noise"] == n for r in results)]
     methods = [m for m in METHODS if any(r["method"] == m for r in results)]
-    by = {(r["noise"], r["method"]): r for r in results}
+    cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        cells.setdefault((r["noise"], r["method"]), []).append(r)
+
+    def row(label: str, noise: str, value: Any, fmt: str = "{:.2f}", scale: float = 100.0) -> str:
+        entries = []
+        for method in methods:
+            runs = cells.get((noise, method), [])
+            stale = STALE if any(r.get("stale") for r in runs) else ""
+            text = mean_std([value(r) for r in runs], fmt, scale)
+            entries.append(text + (f" (n={len(runs)})" if len(runs) > 1 else "") + (stale if text else ""))
+        return f"| {noise}, {label} | " + " | ".join(entries) + " |"
+
+    def detection(key: str) -> Any:
+        return lambda r: (r.get("detection") or {}).get(key)
+
     lines = ["| setting | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
     for noise in noises:
-        runs = [by.get((noise, m)) for m in methods]
-        lines.append(
-            f"| {noise}, last epoch | "
-            + " | ".join(_cell(r and r["last_test_acc"]) + _mark(r) for r in runs)
-            + " |"
-        )
-        lines.append(
-            f"| {noise}, best noisy-val epoch | "
-            + " | ".join(_cell(r and r["best_val_test_acc"]) + _mark(r) for r in runs)
-            + " |"
-        )
-        lines.append(
-            f"| {noise}, detection F1 / AUROC | "
-            + " | ".join(
-                f"{r['detection']['f1']:.3f} / {r['detection']['auroc']:.3f}{_mark(r)}"
-                if r and r["detection"]
-                else ""
-                for r in runs
-            )
-            + " |"
-        )
+        lines += [
+            row("last epoch", noise, lambda r: r["last_test_acc"]),
+            row("best noisy-val epoch", noise, lambda r: r["best_val_test_acc"]),
+            row("one network, last epoch", noise, lambda r: r.get("single_network_test_acc")),
+            row("detection F1", noise, detection("f1"), "{:.3f}", 1.0),
+            row("detection AUROC", noise, detection("auroc"), "{:.3f}", 1.0),
+            row("relabel accuracy", noise, detection("relabel_accuracy"), "{:.3f}", 1.0),
+            row("noise left", noise, detection("noise_rate_after"), "{:.3f}", 1.0),
+            row("noise matrix MAE", noise, detection("noise_matrix_mae"), "{:.3f}", 1.0),
+        ]
     lines += [
         "",
-        "| noise | method | last-epoch acc | best-val acc | F1 | AUROC | relabel acc | noise after purify "
-        "| warm-up / SSL / GRIP / retrain epoch s | the same × this run's CE epoch | wall s | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| noise | method | seed | last-epoch acc | best-val acc | one-network acc | F1 | AUROC "
+        "| relabel acc | noise after purify | epoch s per training stage | the same × this run's CE epoch "
+        "| wall s | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(results, key=lambda r: (list(NOISE).index(r["noise"]), METHODS.index(r["method"]))):
+
+    def order(r: dict[str, Any]) -> tuple[int, int, int]:
+        return list(NOISE).index(r["noise"]), METHODS.index(r["method"]), r.get("seed", 0)
+
+    for r in sorted(results, key=order):
         d = r["detection"] or {}
         epochs = " / ".join("-" if s is None else f"{s:.1f}" for s in r["epoch_seconds"].values())
         ratios = " / ".join(
             f"{r['epoch_x_ce'][k]:.2f}" if k in r.get("epoch_x_ce", {}) else "-" for k in r["epoch_seconds"]
         )
-        cells = [
+        line = [
             r["noise"],
             r["method"] + _mark(r),
+            str(r.get("seed", 0)),
             _cell(r["last_test_acc"]),
             _cell(r["best_val_test_acc"]),
+            _cell(r.get("single_network_test_acc")),
             _cell(d.get("f1"), "{:.3f}", 1),
             _cell(d.get("auroc"), "{:.3f}", 1),
             _cell(d.get("relabel_accuracy"), "{:.3f}", 1),
@@ -223,7 +264,7 @@ def table(results: list[dict[str, Any]]) -> str:
             f"{r['wall_seconds']:.0f}",
             f"{r['peak_rss_mb']:.0f}",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(line) + " |")
     if any(r.get("stale") for r in results):
         lines += ["", f"{STALE} run with params older than the current ones: rerun it to refresh."]
     return "\n".join(lines) + "\n"
@@ -239,6 +280,7 @@ def main() -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run"
     )
     parser.add_argument("--params", default=str(REPO / "params.yaml"), help="base params (copied at start)")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds; each cell is their mean ± std")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--fresh", action="store_true", help="rerun runs that already have results")
     parser.add_argument("--table", action="store_true", help="only rewrite table.md from the saved runs")
@@ -251,7 +293,12 @@ def main() -> None:
         method, noise, dataset, run_dir = args.one
         params = method_params(Path(args.params), method, noise, args.set)
         apply_threads(params.runtime.threads)
-        print(json.dumps(run_one(params, Path(dataset), Path(run_dir))))
+        if method == "cleanlab":
+            figures = cleanlab_peer.run(params, Path(dataset), Path(run_dir))
+            figures |= {"peak_rss_mb": peak_rss_mib(), "threads": torch.get_num_threads()}
+        else:
+            figures = run_one(params, Path(dataset), Path(run_dir))
+        print(json.dumps(figures))
         return
     methods, noises = args.methods.split(","), args.noise.split(",")
     unknown = sorted(set(methods) - set(METHODS)) + sorted(set(noises) - set(NOISE))
@@ -261,32 +308,37 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="labelsieve-quality-") as tmp:
         base = Path(tmp) / "params.yaml"
         base.write_bytes(Path(args.params).read_bytes())  # immune to edits while it runs
-        for noise in [] if args.table else noises:
-            for method in methods:
-                params = method_params(base, method, noise, args.set)
-                key, path = params_key(params), out / f"{noise}-{method}.json"
-                saved = json.loads(path.read_text()) if path.is_file() else None
-                if saved and saved.get("params_key") == key and not args.fresh:
-                    continue
-                twin = _same_run(out, key) if not args.fresh else None
-                if twin is not None:  # e.g. `clean` ignores the noise setting: one run serves them all
-                    source = twin.get("same_run_as", f"{twin['noise']}-{twin['method']}")
-                    write_json(path, twin | {"method": method, "noise": noise, "same_run_as": source})
-                    continue
-                figures = run_in_child(params, method, noise, args.set, base, Path(tmp))
-                if figures is None:
-                    failed.append(f"{noise}-{method}")
-                    continue
-                result = {
-                    "method": method,
-                    "noise": noise,
-                    "overrides": args.set,
-                    "params_key": key,
-                    "machine": f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}",
-                    **figures,
-                }
-                write_json(path, result)
-                print(json.dumps(result), flush=True)
+        runs = [(n, m, int(seed)) for n in noises for m in methods for seed in args.seeds.split(",")]
+        for noise, method, seed in [] if args.table else runs:
+            overrides = [*args.set, *([f"runtime.seed={seed}"] if seed else [])]
+            params = method_params(base, method, noise, overrides)
+            name = f"{noise}-{method}" + (f"-seed{seed}" if seed else "")
+            key, path = params_key(params), out / f"{name}.json"
+            saved = json.loads(path.read_text()) if path.is_file() else None
+            if saved and saved.get("params_key") == key and not args.fresh:
+                continue
+            twin = _same_run(out, key) if not args.fresh else None
+            if twin is not None:  # e.g. `clean` ignores the noise setting: one run serves them all
+                source = twin.get("same_run_as", f"{twin['noise']}-{twin['method']}")
+                write_json(
+                    path, twin | {"method": method, "noise": noise, "seed": seed, "same_run_as": source}
+                )
+                continue
+            figures = run_in_child(params, method, noise, overrides, base, Path(tmp), name)
+            if figures is None:
+                failed.append(name)
+                continue
+            result = {
+                "method": method,
+                "noise": noise,
+                "seed": seed,
+                "overrides": overrides,
+                "params_key": key,
+                "machine": f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}",
+                **figures,
+            }
+            write_json(path, result)
+            print(json.dumps(result), flush=True)
         results = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
         for r in results:
             current = method_params(base, r["method"], r["noise"], r.get("overrides", []))
@@ -298,17 +350,17 @@ def main() -> None:
 
 
 def run_in_child(
-    params: Params, method: str, noise: str, overrides: list[str], base: Path, tmp: Path
+    params: Params, method: str, noise: str, overrides: list[str], base: Path, tmp: Path, name: str
 ) -> dict[str, Any] | None:
     """One run in a fresh process (its epochs log on stderr); its figures, or None if it failed."""
     dataset = tmp / "dataset"  # ingested once, shared by every run
     if not dataset.exists():
         STAGES["ingest"].run(params, out_dir=dataset)
     command = [sys.executable, __file__, "--params", str(base), "--one", method, noise, str(dataset)]
-    command += [str(tmp / f"{noise}-{method}"), *(f"--set={item}" for item in overrides)]
+    command += [str(tmp / name), *(f"--set={item}" for item in overrides)]
     child = subprocess.run(command, stdout=subprocess.PIPE, text=True)
     if child.returncode != 0:
-        print(f"quality: {noise}-{method} failed with exit status {child.returncode}", file=sys.stderr)
+        print(f"quality: {name} failed with exit status {child.returncode}", file=sys.stderr)
         return None
     return json.loads(child.stdout.strip().splitlines()[-1])
 

@@ -1,4 +1,4 @@
-"""Scale of co-divide and purify beyond the forward passes (BENCHMARKS.md "Scale": must be O(N)).
+"""Scale of co-divide and purify beyond the forward passes (docs/benchmarks.md "Scale": must be O(N)).
 
 For each N, in a fresh subprocess so that the peak RSS is that N's own, it builds seeded synthetic outputs
 of K = 2 networks on C = 10 classes with 45% of the given labels wrong: logits with a margin on the true
@@ -7,9 +7,9 @@ those inputs it times, `--repeats` times each (median reported):
 - co-divide as `stages.co_divide.divide` does it after the evaluation pass (`co_divide.divide_losses`),
   for each network: min-max normalisation, the seeded 2-component GMM fit (one per given class with
   `co_divide.per_class`, the default), the clean-probability posterior and the partition;
-- purify as `stages.purify` does it after the forward passes: `purification.sample_scores` (the ensemble
-  mean, the averaged class soft labels S, the JS divergence to S of the given and of the predicted
-  class), then keep / relabel / drop.
+- purify as `stages.purify` does it after the forward passes: `stages.purify.purify` (confident
+  learning's thresholds, confident joint and noise rates, the per-class flag counts and ranking, the
+  relabel gate, and the JS divergence to the averaged class soft labels S).
 The losses, the softmax and S (which `group_regularize` estimates) are inputs, not timed.
 
 Times are the process's CPU seconds (`time.process_time`), which a busy machine inflates far less than
@@ -38,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,7 +77,7 @@ def synthetic_outputs(n: int, *, seed: int) -> dict[str, torch.Tensor]:
     Returns:
         ``labels`` (N,) int64 given labels, ``true_labels`` (N,), ``losses`` (K, N) float32 CE against
         the given labels, ``probs`` (K, N, C) float32 softmax, ``soft_labels`` (K, C, C) float32 S per
-        network, estimated from ``probs`` as `group_regularize.estimate_soft_labels` does.
+        network, estimated from ``probs`` as `group_regularize.initial_state` does.
     """
     g = torch_generator(seed, "scale", str(n), "labels")
     true_labels = torch.randint(NUM_CLASSES, (n,), generator=g)
@@ -114,26 +115,24 @@ def co_divide_part(losses: torch.Tensor, labels: torch.Tensor, params: Params, *
 
 
 def purify_part(
-    probs: torch.Tensor,
-    soft_labels: torch.Tensor,
-    clean_prob: torch.Tensor,
-    labels: torch.Tensor,
-    params: Params,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`purify.score` from the stacked softmax on (`purification.sample_scores`), then `decide`, as
-    `purify.run` does.
+    probs: torch.Tensor, soft_labels: torch.Tensor, labels: torch.Tensor, params: Params
+) -> tuple[np.ndarray, np.ndarray]:
+    """`purify.purify` after the forward passes, as `purify.run` does it: the ensemble mean is both the
+    final prediction and the training-dynamics stand-in (its probabilities and margins).
 
     Args:
         probs: (K, N, C) softmax of each network.
         soft_labels: (K, C, C) class soft labels S of each network.
-        clean_prob: (K, N) clean probability from each network's co-divide.
         labels: (N,) given labels.
 
     Returns:
-        decision (N,) int8 and new_labels (N,) int64, as `purification.decide` returns them.
+        decision (N,) int8 and new_labels (N,) int64.
     """
-    scores = purification.sample_scores(probs, soft_labels, clean_prob, labels)
-    return purify.decide(scores, labels, params)
+    final = probs.mean(dim=0)
+    mean = final.double().numpy()
+    dynamics = {"probs": mean, "margin": purification.margins(labels.numpy(), mean)}
+    result = purify.purify(labels, final, soft_labels, dynamics, params)
+    return result.decision, result.new_labels
 
 
 def timed(fn: Callable[[], Any], repeats: int) -> tuple[dict[str, list[float]], Any]:
@@ -179,7 +178,7 @@ def measure_one(n: int, params: Params, *, seed: int, repeats: int) -> dict[str,
     """Time both parts at one N and read the peak RSS; meant to run alone in its own process."""
     warm = synthetic_outputs(WARMUP_N, seed=seed)
     split = co_divide_part(warm["losses"], warm["labels"], params, tag="warmup")
-    purify_part(warm["probs"], warm["soft_labels"], split.clean_prob, warm["labels"], params)
+    purify_part(warm["probs"], warm["soft_labels"], warm["labels"], params)
     del warm, split
     baseline = peak_rss_mib()
 
@@ -190,9 +189,7 @@ def measure_one(n: int, params: Params, *, seed: int, repeats: int) -> dict[str,
     )
     peak_after_divide = peak_rss_mib()
     purify_runs, (decision, _) = timed(
-        lambda: purify_part(
-            inputs["probs"], inputs["soft_labels"], split.clean_prob, inputs["labels"], params
-        ),
+        lambda: purify_part(inputs["probs"], inputs["soft_labels"], inputs["labels"], params),
         repeats,
     )
     peak = peak_rss_mib()

@@ -1,6 +1,6 @@
 """Epoch cost of every training stage against a plain CE epoch of the same network, in one process.
 
-The project's one speed benchmark (BENCHMARKS.md, "Figures per run", "Speed" and "GPU"). It ingests the
+The project's one speed benchmark (docs/benchmarks.md, "Figures per run", "Speed" and "GPU"). It ingests the
 data of `--params` (default: the Fashion-MNIST CPU profile, 9,500 training images, sym50, small_cnn),
 warms two networks up for `warmup.epochs` epochs, runs every stage once untimed (kernel caches, cuDNN
 autotuning, GRIP's first soft labels), then times `--repeats` interleaved rounds of:
@@ -83,7 +83,7 @@ PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
     (r"H200(?! NVL)", 989.0),
     (r"A100", 312.0),
 )
-# BENCHMARKS.md targets, stated for the CPU profile on the 2-core machine.
+# docs/benchmarks.md targets, stated for the CPU profile on the 2-core machine.
 TARGETS = {"ce": "≤ 6 s", "ssl": "≤ 25 s", "grip": "≤ 1.2× CE", "retrain": "≤ 2× CE"}
 # On top of the digits preset (950 training images): a check that every stage runs, not a figure to quote.
 SMOKE = ("warmup.epochs=1", "ingest.per_class_limit=100")
@@ -129,8 +129,9 @@ class Bench:
             for scope in scopes
         }
         self.retrain_labels = retrain.read_labels(self.retrain_params[scopes[0]], data, None)
-        self.soft_labels = grip.SoftLabelState.create(data.num_classes, device=device)
-        self.js_memory = torch.full((len(data.train_labels),), float("nan"), device=device)
+        # As the stage starts: S from an evaluation pass of the warmed-up network, an empty JS memory.
+        self.soft_labels = group_regularize.initial_state(self.networks[0], data, params)
+        self.js_memory = grip.JsMemory.create(len(data.train_labels), device)
         self.labeled_fraction: list[float] = []
 
     @property

@@ -1,22 +1,44 @@
 """The `labelsieve` command. Each subcommand is a stage name with hyphens (`inject-noise` runs
 `inject_noise`) and only adapts argv to the stage's `run()`; `predict` classifies images with a model
-package."""
+package.
+
+Torch and the stage modules are imported only when a command runs, so `--help` and `--version` are quick.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from labelsieve import predict
 from labelsieve.config import Params, load_params, preset_names
-from labelsieve.engine.device import apply_threads, resolve_device
 from labelsieve.errors import LabelsieveError
-from labelsieve.export import export
 from labelsieve.pipeline_cli import add_pipeline_command, run_pipeline_command
-from labelsieve.stages import STAGES
+from labelsieve.stages import STAGES, Stage, producer
+
+
+def first_paragraph(doc: str) -> str:
+    """The first paragraph of a docstring as one line, so a wrapped first sentence stays whole."""
+    return re.sub(r"\s+", " ", doc.strip().split("\n\n")[0]).strip()
+
+
+def first_sentence(doc: str) -> str:
+    """The first sentence of a docstring's first paragraph (up to a full stop before a capital)."""
+    paragraph = first_paragraph(doc)
+    found = re.match(r"(.+?[.!?])(?:\s+(?=[A-Z])|$)", paragraph)
+    return found.group(1) if found else paragraph
+
+
+def package_version() -> str:
+    """The installed distribution's version (package metadata)."""
+    try:
+        return version("labelsieve")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,10 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="override one param (value parsed as YAML); repeatable",
     )
     parser = argparse.ArgumentParser(prog="labelsieve", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for stage in STAGES.values():
-        doc = (sys.modules[stage.run.__module__].__doc__ or "").strip().splitlines()[0]
-        sub = commands.add_parser(stage.name.replace("_", "-"), parents=[common], help=doc, description=doc)
+        sub = commands.add_parser(
+            stage.name.replace("_", "-"),
+            parents=[common],
+            help=first_sentence(stage.doc),
+            description=first_paragraph(stage.doc),
+        )
         for name, default in stage.inputs.items():
             sub.add_argument(
                 f"--{name.replace('_', '-')}",
@@ -65,6 +92,8 @@ def _params(args: argparse.Namespace) -> Params:
     """Params from --params (else ./params.yaml if present), --preset and --set; applies runtime.threads."""
     params_file = args.params or ("params.yaml" if Path("params.yaml").is_file() else None)
     params = load_params(params_file, presets=args.preset, overrides=args.overrides)
+    from labelsieve.engine.device import apply_threads  # torch: only once a command runs
+
     apply_threads(params.runtime.threads)
     return params
 
@@ -110,6 +139,8 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
 
 def _export(args: argparse.Namespace) -> int:
     """Run `labelsieve export`."""
+    from labelsieve.export import export
+
     try:
         counts = export(
             args.dataset_dir, args.purified_dir, args.out_dir, fmt=args.format, dropped=args.dropped
@@ -139,6 +170,9 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
 
 def _predict(args: argparse.Namespace) -> int:
     """Run `labelsieve predict`: unreadable images are reported, never fatal, unless none could be read."""
+    from labelsieve import predict
+    from labelsieve.engine.device import resolve_device
+
     try:
         rows = predict.predict(args.model, args.images, top_k=args.top_k, device=resolve_device(args.device))
         predict.write_predictions(args.out, rows, args.top_k)
@@ -157,9 +191,45 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def missing_inputs(stage: Stage, inputs: dict[str, str]) -> list[str]:
+    """One message per input directory of `stage` that does not exist, naming its flag and the stage that
+    makes it; empty when every input is there."""
+    problems = []
+    for name, path in inputs.items():
+        if Path(path).is_dir():
+            continue
+        line = f"input --{name.replace('_', '-')} {path} does not exist"
+        if (maker := producer(stage.inputs[name])) is not None:
+            command = maker.name.replace("_", "-")
+            line += f"; the {maker.name} stage makes it (labelsieve {command} --out-dir {path})"
+        problems.append(line)
+    return problems
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one stage; print its headline figures as JSON. Input errors exit 2 with one clear message."""
+    """Run one stage; print its headline figures as JSON. Input errors exit 2 with one clear message.
+
+    An OSError no stage turned into a LabelsieveError (an unreadable input, a folder that refuses a
+    write) is one line too, naming the file: never a traceback.
+    """
     args = build_parser().parse_args(argv)
+    try:
+        return _command(args)
+    except OSError as err:
+        print(f"labelsieve {args.command}: error: {os_error_message(err)}", file=sys.stderr)
+        return 2
+
+
+def os_error_message(err: OSError) -> str:
+    """`err` as one line that names its file(s), e.g. ``Permission denied: out/ds``."""
+    if err.filename is None:
+        return str(err)
+    files = f"{err.filename} -> {err.filename2}" if err.filename2 is not None else str(err.filename)
+    return f"{err.strerror or type(err).__name__}: {files}"
+
+
+def _command(args: argparse.Namespace) -> int:
+    """Dispatch one parsed command."""
     if args.command == "predict":
         return _predict(args)
     if args.command == "export":
@@ -169,9 +239,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return _run(args)
     stage = STAGES[args.stage]
+    inputs = {name: getattr(args, name) for name in stage.inputs}
+    if missing := missing_inputs(stage, inputs):
+        for line in missing:
+            print(f"labelsieve {args.command}: error: {line}", file=sys.stderr)
+        return 2
     try:
         params = _params(args)
-        inputs = {name: getattr(args, name) for name in stage.inputs}
         summary = stage.run(params, **inputs, out_dir=args.out_dir)
     except (LabelsieveError, FileNotFoundError) as err:
         print(f"labelsieve {args.command}: error: {err}", file=sys.stderr)

@@ -10,6 +10,7 @@ only their own section and the shared ones. Presets are YAML overlays in `labels
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -119,11 +120,21 @@ class IngestConfig:
     # already there (same content hash) are skipped, old samples keep their split, label and index, and
     # new ones are split by the same seeded rules. None: build the dataset from the source alone.
     append_to: str | None = None
+    min_class_size: int = bounded(
+        2, 1, None, doc="a class with fewer usable samples outside the test split is dropped and reported"
+    )
+    # false: a class left empty or under min_class_size is dropped with a warning (an error only if no class
+    # is left), and appending a crawl with classes the dataset lacks adds them with a warning. true: both
+    # are errors naming the classes.
+    strict_classes: bool = False
+    near_duplicate_bits: int = bounded(
+        14, -1, 195, doc="a train image within this Hamming distance of a test image's hash leaks; -1 = off"
+    )
 
 
 @dataclass(frozen=True)
 class InjectNoiseConfig:
-    """`inject_noise`: synthetic label noise for benchmarks (ALGORITHMS.md §1); rate 0 passes through."""
+    """`inject_noise`: synthetic label noise for benchmarks (docs/algorithms.md §1); rate 0 passes through."""
 
     mode: Literal["symmetric", "symmetric_exclusive", "asymmetric", "pairflip", "instance"] = "symmetric"
     rate: float = bounded(0.0, 0.0, 1.0, hi_open=True, doc="share of samples whose label is redrawn")
@@ -135,7 +146,7 @@ class InjectNoiseConfig:
 
 @dataclass(frozen=True)
 class WarmupConfig:
-    """`warmup`: train the networks on the full noisy set (ALGORITHMS.md §3.1)."""
+    """`warmup`: train the networks on the full noisy set (docs/algorithms.md §3.1)."""
 
     epochs: int = bounded(3, 0, 100_000)
     networks: Literal[1, 2] = 2  # 1 for plain CE
@@ -151,7 +162,9 @@ class CoDivideConfig:
     """`co_divide`: per-sample losses -> 2-component GMM -> clean probability (§2.1)."""
 
     threshold: float = bounded(0.5, 0.0, 1.0, lo_open=True, hi_open=True, doc="tau; labeled if w > tau")
-    history: int = bounded(0, 0, 100, doc="average the normalised losses of this many past epochs too")
+    history: int = bounded(
+        0, 0, 100, doc="average the normalised losses of the last this many epochs, this one included"
+    )
     per_class: bool = False  # normalise the losses and fit one GMM per given class (class-balanced)
     gmm_max_iter: int = bounded(10, 1, 10_000)
     gmm_tol: float = bounded(1e-2, 0.0, None, lo_open=True)
@@ -170,6 +183,9 @@ class SslTrainConfig:
     lambda_u_ramp_epochs: float = bounded(16.0, 0.0, None, lo_open=True)
     prior_weight: float = bounded(1.0, 0.0, None, doc="weight of the uniform-prior term L_reg")
     recalibration_period: int = bounded(6, 0, 100_000, doc="P: every P-th epoch is plain CE; 0 = off")
+    recalibration_until: float = bounded(
+        1.0, 0.0, 1.0, doc="no recalibration after this share of the SSL epochs (published: 1, none barred)"
+    )
 
 
 @dataclass(frozen=True)
@@ -178,7 +194,9 @@ class GroupRegularizeConfig:
 
     epochs: int = bounded(3, 0, 100_000, doc="0 passes the networks through")
     lr: float = bounded(0.01, 0.0, 10.0, lo_open=True, doc="peak lr; linear warm-up then cosine to 0")
-    lr_warmup_epochs: int = bounded(1, 0, 100_000)
+    lr_warmup_epochs: int = bounded(
+        0, 0, 100_000, doc="linear lr warm-up; 0: the networks arrive trained, no re-warm"
+    )
     soft_weight: float = bounded(0.5, 0.0, 1.0, doc="w: weight of the soft-label CE")
     entropy_weight: float = bounded(0.5, 0.0, None, doc="gamma: weight of +NE(p)")
     threshold_alpha: float = bounded(0.5, 0.0, None, doc="JS threshold = mean + alpha * std")
@@ -191,14 +209,13 @@ class GroupRegularizeConfig:
 
 @dataclass(frozen=True)
 class PurifyConfig:
-    """`purify`: keep / relabel / drop for every training sample (see labelsieve/stages/purify.py)."""
+    """`purify`: keep / relabel / drop for every training sample (docs/purification.md)."""
 
-    keep_threshold: float = bounded(0.5, 0.0, 1.0, doc="keep if the mean clean probability is at least this")
-    relabel_max_js: float = bounded(
-        0.04, 0.0, 1.0, doc="relabel a flagged sample if JS(p, S[argmax]) <= this"
-    )
-    # Off by default: GRIP's max-entropy term flattens predictions, so max p says little after it.
-    relabel_confidence: float = bounded(0.0, 0.0, 1.0, doc="... and its ensemble max probability >= this")
+    # Which training-dynamics average feeds confident learning: every co-divide's prediction, or only
+    # those of the networks that trained on a guessed label for the sample (README, Purification).
+    pred_probs: Literal["dynamics", "held_out"] = "dynamics"
+    # Whose final prediction is the relabel target: the GRIP fine-tuned networks or the co-trained ones.
+    relabel_from: Literal["group", "ssl"] = "ssl"
 
 
 @dataclass(frozen=True)
@@ -273,19 +290,20 @@ def load_params(
         overrides: ``section.key=value`` strings; the value is parsed as YAML.
 
     Raises:
-        ConfigError: listing every invalid key, value and override at once.
-        FileNotFoundError: if the params file or a preset does not exist.
+        ConfigError: listing every invalid key, value, override and unknown preset at once.
+        FileNotFoundError: if the params file does not exist.
     """
     raw: dict[str, Any] = {}
     if path is not None:
         raw = _read_yaml(Path(path))
+    problems: list[str] = []
     for name in presets:
         preset_path = PRESET_DIR / f"{name}.yaml"
         if not preset_path.is_file():
             available = ", ".join(preset_names()) or "none"
-            raise FileNotFoundError(f"unknown preset {name!r}; available: {available}")
+            problems.append(f"--preset {name!r}: unknown preset; available: {available}")
+            continue
         raw = _deep_merge(raw, _read_yaml(preset_path))
-    problems: list[str] = []
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or "." not in key:
@@ -299,10 +317,21 @@ def load_params(
                 problems.append(f"--set {item!r}: {part} is not a section")
                 break
         else:
-            node[leaf] = yaml.safe_load(text) if text.strip() else ""
+            try:
+                node[leaf] = yaml.safe_load(text) if text.strip() else ""
+            except yaml.YAMLError as err:
+                problems.append(f"--set {item!r}: the value is not valid YAML ({_yaml_problem(err)})")
+    params = _build(Params, raw, "", problems)
     if problems:
         raise ConfigError(problems)
-    return parse_params(raw)
+    return params
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A one-line reason for a YAML error (PyYAML's own message spans several lines)."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    return f"{problem} at column {mark.column + 1}" if mark is not None else problem
 
 
 def parse_params(raw: dict[str, Any]) -> Params:
@@ -418,7 +447,7 @@ def _coerce(value: Any, hint: Any) -> tuple[Any, str | None]:
         return value, "must be an integer"
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value), None
+            return (float(value), None) if math.isfinite(value) else (value, "must be a finite number")
         return value, "must be a number"
     if hint is str:
         return (value, None) if isinstance(value, str) else (value, "must be a string")

@@ -9,8 +9,11 @@ Formats:
   (train for training and validation samples, test for test samples), and dropped rows left out or
   listed in ``<out>/dropped.csv``.
 
-Ingesting either export gives back exactly the purified labels. A ``/`` in a class name (Fashion-MNIST's
-"T-shirt/top") becomes ``_`` in folder names; manifests keep names as they are.
+Ingesting either export gives back exactly the purified labels and class names. Folder names are the
+class names percent-encoded where a path needs it (labelsieve/data/paths.py): Fashion-MNIST's
+"T-shirt/top" is the folder ``T-shirt%2Ftop``, and a class named ``..``, ``.hidden`` or ``_dropped``
+becomes ``%2E.``, ``%2Ehidden`` or ``%5Fdropped``, so nothing is written outside `out_dir` or where
+ingest would skip it; ingest decodes them. Manifests keep names as they are.
 """
 
 from __future__ import annotations
@@ -22,14 +25,22 @@ import numpy as np
 from PIL import Image
 
 from labelsieve.atomic import atomic_dir, write_csv, write_json
+from labelsieve.data.paths import class_folder
 from labelsieve.data.store import load_dataset
 from labelsieve.errors import LabelsieveError
 from labelsieve.maths.purification import DROP
 
 
 def folder_name(class_name: str) -> str:
-    """A class name made safe as one path component."""
-    return class_name.replace("/", "_").replace("\\", "_")
+    """A class name as one safe path component, reversibly encoded (`labelsieve.data.paths.class_folder`).
+
+    Raises:
+        LabelsieveError: an empty class name.
+    """
+    try:
+        return class_folder(class_name)
+    except ValueError as err:
+        raise LabelsieveError(f"cannot export class {class_name!r}: {err}") from err
 
 
 def _png(pixels: np.ndarray, path: Path) -> None:

@@ -5,8 +5,8 @@ penultimate representation (B, D) that SSSL's neighbour search needs, and ``head
 layer, always registered as ``fc``. Shapes: x (B, c, H, W) float, features (B, D), logits (B, C).
 
 Registered names (:data:`MODEL_NAMES`):
-- ``small_cnn``: the CPU-profile network of BENCHMARKS.md (D = 128).
-- ``preact_resnet18``: the PreAct ResNet-18 of the DivideMix code (ALGORITHMS.md §2.3), D = 512.
+- ``small_cnn``: the CPU-profile network of docs/benchmarks.md (D = 128).
+- ``preact_resnet18``: the PreAct ResNet-18 of the DivideMix code (docs/algorithms.md §2.3), D = 512.
 - ``tv_resnet18``, ``tv_resnet50``: torchvision ResNets (D = 512, 2048), the web-scale backbones.
 
 Weights come only from a local state-dict file (``pretrained_path``); nothing is ever downloaded.
@@ -54,7 +54,7 @@ def _conv_bn_relu(in_ch: int, out_ch: int) -> list[nn.Module]:
 
 
 class SmallCNN(Classifier):
-    """Three conv blocks, global average pooling, one linear layer (BENCHMARKS.md, ``small_cnn``).
+    """Three conv blocks, global average pooling, one linear layer (docs/benchmarks.md, ``small_cnn``).
 
     Works for any input of at least 4×4 pixels (two 2× max-pools). 94,186 parameters at C = 10, c = 1.
     """

@@ -18,10 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from labelsieve.atomic import write_bytes
 from labelsieve.config import Params, load_params
-from labelsieve.data import s3
-from labelsieve.engine.device import apply_threads
 from labelsieve.errors import LabelsieveError
 from labelsieve.stages import STAGES
 
@@ -73,6 +70,8 @@ def run_stage(
         **inputs: the stage's input directories by run() keyword.
     """
     params = resolve_params(params_yaml, presets, overrides)
+    from labelsieve.engine.device import apply_threads  # torch: imported only to run a stage
+
     apply_threads(params.runtime.threads)
     summary = STAGES[name].run(params, **inputs, out_dir=out_dir)
     if metrics is not None:
@@ -102,6 +101,8 @@ def publish_evaluation(evaluate_dir: str | Path, *, confusion: Any, report_path:
     """
     evaluation = json.loads((Path(evaluate_dir) / "evaluation.json").read_text(encoding="utf-8"))
     confusion.log_confusion_matrix(evaluation["classes"], evaluation["test"]["confusion_matrix"])
+    from labelsieve.atomic import write_bytes  # numpy: not needed to build the CLI parser
+
     write_bytes(report_path, (Path(evaluate_dir) / "report.html").read_bytes())
 
 
@@ -273,6 +274,8 @@ def newest_crawl(root: str) -> str:
         FileNotFoundError: the root holds no crawl.
     """
     if root.startswith("s3://"):
+        from labelsieve.data import s3  # boto3: imported only for an s3:// root
+
         bucket, prefix = s3.parse_uri(root)
         prefix = prefix.rstrip("/") + "/" if prefix else ""
         found = list(s3.list_prefixes(s3.make_client(), bucket, prefix))

@@ -1,20 +1,21 @@
 """`labelsieve predict`: classify image files with a model package (labelsieve/package.py).
 
 Inputs are image files, folders (searched recursively; hidden names and linked folders are skipped) or
-``.csv`` / ``.jsonl`` manifests with a ``path`` column (relative paths are taken from the manifest's
-folder). Each image is decoded exactly as `ingest` decodes training images (labelsieve/data/images.py) to
-the package's size and channels, normalised with its mean and std, and classified in batches.
+``.csv`` / ``.jsonl`` manifests with a ``path`` column (relative to the manifest's folder and inside it:
+the rule of ingest's manifests, labelsieve/data/paths.py; an absolute or escaping path is refused as
+``path_escapes_root``). Each image is decoded exactly as `ingest` decodes training images
+(labelsieve/data/images.py) to the package's size and channels, normalised with its mean and std, and
+classified in batches.
 
 An image that cannot be read never stops the run: its row carries the reason as ``status`` (the reason
 names of `ingest_report.json`: ``not_an_image``, ``corrupt``, ``truncated``, ``empty_file``,
-``decompression_bomb``, ``missing_file``, ``read_error``, ``bad_manifest_row``, ``unsupported_uri``)
+``decompression_bomb``, ``missing_file``, ``read_error``, ``bad_manifest_row``, ``path_escapes_root``,
+``unsupported_uri``)
 and the details in ``detail``. A readable one has ``status`` ``ok``.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,15 @@ import torch.nn.functional as F
 from labelsieve.atomic import write_csv
 from labelsieve.config import IngestConfig
 from labelsieve.data.images import ImageRejected, decode_image
-from labelsieve.data.sources import BAD_MANIFEST_ROW, MISSING_FILE, READ_ERROR
+from labelsieve.data.paths import manifest_file
+from labelsieve.data.sources import (
+    BAD_MANIFEST_ROW,
+    MISSING_FILE,
+    PATH_ESCAPES_ROOT,
+    READ_ERROR,
+    SourceError,
+    manifest_rows,
+)
 from labelsieve.engine.loop import predict_logits
 from labelsieve.errors import LabelsieveError
 from labelsieve.package import load_package
@@ -102,34 +111,22 @@ def _walk(root: Path) -> Iterator[Path]:
 def _manifest_entries(path: Path) -> list[_Entry]:
     """Entries of a CSV (header with ``path``) or JSONL (one object with ``path`` per line) manifest."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise PredictError(f"manifest {path} cannot be read: {err}") from err
-    rows: list[tuple[str, object]] = []  # (where, path value or an error message)
-    if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        if "path" not in (reader.fieldnames or []):
-            raise PredictError(f"manifest {path}: the header has no 'path' column")
-        rows = [(f"{path}:{n}", row.get("path")) for n, row in enumerate(reader, start=2)]
-    else:
-        for n, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    rows.append((f"{path}:{n}", ValueError(f"not valid JSON: {err.msg}")))
-                    continue
-                rows.append((f"{path}:{n}", row.get("path") if isinstance(row, dict) else None))
+        rows = manifest_rows(path, required=("path",))  # the reader ingest uses (UTF-8, BOM or not)
+    except SourceError as err:
+        raise PredictError(str(err)) from err
     entries = []
-    for where, ref in rows:
-        if isinstance(ref, ValueError):
-            entries.append(_Entry(where, None, (BAD_MANIFEST_ROW, str(ref))))
+    for number, row, error in rows:
+        where = f"{path}:{number}"
+        ref = row.get("path") if row is not None else None
+        if error:
+            entries.append(_Entry(where, None, (BAD_MANIFEST_ROW, error)))
         elif not isinstance(ref, str) or not ref:
             entries.append(_Entry(where, None, (BAD_MANIFEST_ROW, "missing 'path'")))
         elif "://" in ref:
             entries.append(_Entry(ref, None, (UNSUPPORTED_URI, "predict reads local files only")))
+        elif (file := manifest_file(path, ref)) is None:
+            entries.append(_Entry(ref, None, (PATH_ESCAPES_ROOT, f"{where}: outside {path.parent}")))
         else:
-            file = path.parent / ref  # an absolute ref stays absolute
             problem = None if file.is_file() else (MISSING_FILE, f"{where}: no such file")
             entries.append(_Entry(ref, file if problem is None else None, problem))
     return entries

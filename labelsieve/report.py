@@ -66,6 +66,7 @@ def figures(
     classes: Sequence[str],
     roc: dict[str, list[float]] | None,
     auroc: float | None,
+    noise_estimate: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write the PNG figures into `directory`; returns title -> path, in report order.
 
@@ -73,7 +74,8 @@ def figures(
         curves: training_curves rows (step, stage, epoch, val_acc, test_acc).
         histograms: evaluate.loss_histograms() output: per source, bin edges and per-network counts + GMM.
         confusion: (C, C) counts, rows true, columns predicted.
-        roc: {"fpr": [...], "tpr": [...]} of 1 − clean probability, or None without ground truth.
+        roc: {"fpr": [...], "tpr": [...]} of purify's noise score, or None without ground truth.
+        noise_estimate: purify's summary.json ``noise_estimate`` (estimated, and injected when known).
     """
     plt = _pyplot()
     out: dict[str, Path] = {}
@@ -114,9 +116,7 @@ def figures(
     out["Confusion matrix"] = _save(fig, directory / "confusion.png")
     if roc is not None:
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
-        ax.plot(
-            roc["fpr"], roc["tpr"], label="1 − clean probability" + (f" (AUROC {auroc:.4f})" if auroc else "")
-        )
+        ax.plot(roc["fpr"], roc["tpr"], label="noise score" + (f" (AUROC {auroc:.3f})" if auroc else ""))
         ax.plot([0, 1], [0, 1], ":", color="grey")
         ax.set_xlabel("false-positive rate (clean samples flagged)")
         ax.set_ylabel("true-positive rate (noisy samples flagged)")
@@ -124,7 +124,40 @@ def figures(
         ax.legend(loc="lower right", fontsize=8)
         fig.tight_layout()
         out["Noise-detection ROC"] = _save(fig, directory / "roc.png")
+    if noise_estimate:
+        out["Noise matrix"] = _save(
+            _noise_matrix_figure(noise_estimate, classes), directory / "noise_matrix.png"
+        )
     return out
+
+
+def _noise_matrix_figure(estimate: dict[str, Any], classes: Sequence[str]) -> Figure:
+    """Heatmaps of P(given label | true class): purify's estimate, beside the injected one when known."""
+    plt = _pyplot()
+    panels = [("estimated by purify", np.asarray(estimate["noise_matrix"]))]
+    if "injected_noise_matrix" in estimate:
+        mae = estimate["noise_matrix_mae"]
+        panels.append(
+            (
+                f"injected (estimate's mean abs. error {mae:.3f})",
+                np.asarray(estimate["injected_noise_matrix"]),
+            )
+        )
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 5.6), squeeze=False)
+    for ax, (title, matrix) in zip(axes[0], panels, strict=True):
+        ax.imshow(matrix, cmap="Oranges", vmin=0.0, vmax=1.0)
+        for (i, j), value in np.ndenumerate(matrix):
+            if value >= 0.005:
+                colour = "white" if value > 0.5 else "black"
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6, color=colour)
+        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(classes)), classes, fontsize=8)
+        ax.set_xlabel("true class")
+        ax.set_ylabel("given label")
+        ax.set_title(title, fontsize=9)
+    fig.suptitle("Noise matrix P(given label | true class); each column sums to 1", fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def _histogram_figure(histograms: dict[str, Any]) -> Figure:
@@ -291,6 +324,15 @@ def write_html(
     if purify.get("decisions"):
         parts.append("<h2>Purification</h2>")
         parts.append(_table(["decision", "samples"], list(purify["decisions"].items())))
+        if purify.get("noise_estimate"):
+            rates = purify["noise_estimate"]["noise_rates"]
+            parts.append(
+                f"<p>Estimated share of wrong labels: {purify['noise_estimate']['noise_rate']:.1%} "
+                "(confident learning on the predictions averaged over training). Per given class:</p>"
+            )
+            parts.append(
+                _table(["given label", "estimated wrong"], [[c, f"{r:.1%}"] for c, r in rates.items()])
+            )
         if purify.get("detection"):
             parts.append(
                 _table(["detection (against the injected truth)", "value"], list(purify["detection"].items()))
@@ -309,11 +351,13 @@ def write_html(
             f"<figure><img alt='{html.escape(title)}' src='{_data_uri(figure.read_bytes())}'>"
             f"<figcaption>{html.escape(title)}</figcaption></figure>"
         )
-    parts.append("<h2>Most suspicious training samples</h2>")
+    parts.append("<h2>Training samples to review</h2>")
     if gallery:
         parts.append(
-            f"<p>The {len(gallery)} training samples with the lowest clean probability (purify's manifest), "
-            "with the label they came with, the ensemble's prediction and purify's decision.</p>"
+            f"<p>{len(gallery)} training samples to check, spread over purify's decisions and the classes: "
+            "relabelled, dropped, and borderline (kept, but next in line to be flagged), each with the "
+            "highest noise score of its class first. Each card gives the sample's id and source, the label "
+            "it came with, the final networks' prediction and purify's decision.</p>"
             "<div class='gallery'>"
         )
         for row in gallery:
@@ -323,9 +367,11 @@ def write_html(
             parts.append(
                 f"<div class='card'><img alt='sample {html.escape(row['id'])}' width='{thumbnail_px}' "
                 f"height='{thumbnail_px}' src='{_data_uri(thumbnail(row['image'], thumbnail_px))}'>"
-                f"given: {html.escape(row['given_label'])}"
+                f"<b>{html.escape(row['group'])}</b><br>id {html.escape(row['id'])}"
+                f"<br><small>{html.escape(row['source'])}</small>"
+                f"<br>given: {html.escape(row['given_label'])}"
                 f"<br>predicted: {html.escape(row['predicted_label'])}"
-                f"<br>clean score: {float(row['clean_prob']):.3f}<br>decision: "
+                f"<br>noise score: {float(row['noise_score']):.2f}<br>decision: "
                 f"<span class='{decision}'>{decision}{new}</span>{truth}</div>"
             )
         parts.append("</div>")

@@ -51,7 +51,7 @@ def build_pipeline(
 
     @dsl.pipeline(
         name="labelsieve",
-        description="Train on noisy web labels and purify them: ingest -> ... -> retrain (DESIGN.md).",
+        description="Train on noisy web labels and purify them: ingest -> ... -> retrain (docs/design.md).",
     )
     def labelsieve(params_yaml: str = "", presets: list[str] = [], overrides: list[str] = []):  # noqa: B006
         """Args: `params_yaml` the params.yaml text ("" = built-in defaults); then `presets` by name and

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 
 from labelsieve.stages import STAGES
@@ -159,3 +160,53 @@ def test_quality_ce_epoch_is_the_runs_own_plain_ce_epoch(tmp_path: Path) -> None
     no_recalibration = quality.method_params(base, "smr", "sym50", ["ssl_train.recalibration_period=0"])
     write_history("ssl", [{"kind": "mixmatch", "train_seconds": 30.0}])
     assert quality.ce_epoch_seconds(no_recalibration, tmp_path) is None
+
+
+@pytest.mark.integration
+def test_quality_cleanlab_peer_cross_fits_flags_and_retrains(tmp_path: Path) -> None:
+    out = tmp_path / "quality"
+    command = [sys.executable, str(BENCHMARKS / "quality.py"), "--out", str(out), "--noise", "sym50"]
+    command += [f"--set={item}" for item in TINY_QUALITY]
+    subprocess.run([*command, "--methods", "cleanlab"], capture_output=True, text=True, check=True)
+    run = json.loads((out / "sym50-cleanlab.json").read_text())
+    assert run["final_stage"] == "cleanlab" and 0.0 < run["last_test_acc"] <= 1.0
+    detection = run["detection"]
+    assert 0.0 < detection["f1"] <= 1.0 and 0.5 < detection["auroc"] <= 1.0
+    assert 0.0 <= detection["noise_matrix_mae"] < 0.2
+    assert detection["noise_rate_after"] < run["noise_rate_actual"]  # pruning removed some noise
+    assert "| sym50 | cleanlab | " in (out / "table.md").read_text()
+
+
+def test_cleanlab_folds_are_stratified_and_seeded() -> None:
+    peer = _benchmark_module("cleanlab_peer")
+    labels = np.repeat(np.arange(3), [10, 7, 5])
+    folds = peer.stratified_folds(labels, 5, seed=0)
+    for c in range(3):
+        sizes = np.bincount(folds[labels == c], minlength=5)
+        assert sizes.max() - sizes.min() <= 1  # each class spread evenly over the folds
+    np.testing.assert_array_equal(folds, peer.stratified_folds(labels, 5, seed=0))
+    assert not np.array_equal(folds, peer.stratified_folds(labels, 5, seed=1))
+
+
+def test_quality_table_reports_mean_and_std_over_seeds() -> None:
+    quality = _benchmark_module("quality")
+    assert quality.mean_std([0.80, 0.82]) == "81.00 ± 1.00"  # population std of 80 and 82
+    assert quality.mean_std([0.8]) == "80.00" and quality.mean_std([None]) == ""
+
+    def run(seed: int, acc: float) -> dict:
+        return {
+            "noise": "sym50",
+            "method": "ce",
+            "seed": seed,
+            "last_test_acc": acc,
+            "best_val_test_acc": acc,
+            "single_network_test_acc": acc,
+            "detection": None,
+            "epoch_seconds": {"warmup": 1.0},
+            "wall_seconds": 10.0,
+            "peak_rss_mb": 100.0,
+        }
+
+    text = quality.table([run(0, 0.80), run(1, 0.82), run(2, 0.84)])
+    assert "| sym50, last epoch | 82.00 ± 1.63 (n=3) |" in text
+    assert text.count("| sym50 | ce | ") == 3

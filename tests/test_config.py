@@ -90,7 +90,7 @@ def test_load_params_preset_overlays_then_overrides_win(tmp_path):
 
 
 def test_load_params_unknown_preset_lists_available():
-    with pytest.raises(FileNotFoundError, match="unknown preset 'nope'; available: .*digits"):
+    with pytest.raises(ConfigError, match="--preset 'nope': unknown preset; available: .*digits"):
         load_params(None, presets=["nope"])
 
 
@@ -104,3 +104,14 @@ def test_load_params_non_mapping_file_is_refused(tmp_path):
     bad.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_params(bad)
+
+
+def test_parse_params_checks_the_ingest_class_and_near_duplicate_keys():
+    with pytest.raises(ConfigError) as info:
+        parse_params({"ingest": {"min_class_size": 0, "near_duplicate_bits": 200, "strict_classes": "yes"}})
+    assert info.value.problems == [
+        "ingest.min_class_size: 0 is outside [1, inf)",
+        "ingest.strict_classes: 'yes' must be true or false",
+        "ingest.near_duplicate_bits: 200 is outside [-1, 195]",
+    ]
+    assert load_params(REPO / "params.yaml").ingest.strict_classes is False

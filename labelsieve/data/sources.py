@@ -7,7 +7,8 @@ so it is reported rather than silently dropped.
 Sources:
 - ``fashion-mnist``: IDX files (labelsieve.data.idx), with its own train/test split.
 - ``digits``: scikit-learn's 8x8 digits, no test split.
-- a folder ``root/<keyword>/<files...>``: classes are the sorted folder names.
+- a folder ``root/<keyword>/<files...>``: classes are the sorted folder names, with `export`'s ``%XX``
+  escapes decoded (labelsieve/data/paths.py), so an exported folder ingests to the same class names.
 - a ``.csv`` or ``.jsonl`` manifest with ``path``, ``label`` and optional ``split`` (train|test); paths
   are relative to the manifest's folder, or ``s3://`` URIs.
 - ``s3://bucket/prefix`` laid out like a folder.
@@ -27,6 +28,7 @@ import numpy as np
 
 from labelsieve.config import IngestConfig
 from labelsieve.data import idx, s3
+from labelsieve.data.paths import class_name, manifest_file
 from labelsieve.errors import LabelsieveError
 
 # Rejection reasons known before decoding.
@@ -153,7 +155,14 @@ def _inside(path: Path, root: Path) -> bool:
 
 def _folder(root: Path) -> Listing:
     # Folders starting with "." or "_" are reserved (hidden folders, an export's _dropped/).
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    names: dict[str, str] = {}  # class name -> folder; an export's %XX escapes decoded (data/paths.py)
+    for folder in folders:
+        if (other := names.setdefault(class_name(folder), folder)) != folder:
+            raise SourceError(
+                f"folders {other!r} and {folder!r} in {root} both stand for class {class_name(folder)!r}"
+            )
+    classes = sorted(names)
     candidates = []
     for entry in sorted(root.iterdir()):
         if entry.is_file() and not entry.name.startswith("."):
@@ -161,7 +170,7 @@ def _folder(root: Path) -> Listing:
                 Candidate(str(entry), "", None, None, (NO_CLASS_FOLDER, "file is not inside a class folder"))
             )
     for label in classes:
-        for dirpath, dirnames, filenames in os.walk(root / label, followlinks=False):
+        for dirpath, dirnames, filenames in os.walk(root / names[label], followlinks=False):
             dirnames.sort()
             for name in [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
                 # os.walk does not follow linked folders; say so instead of dropping them quietly.
@@ -192,13 +201,25 @@ def _folder(root: Path) -> Listing:
     return Listing(str(root), candidates, classes)
 
 
-def _manifest_rows(path: Path) -> list[tuple[int, dict[str, Any] | None, str]]:
-    """(line number, row or None, error) for each data row of a CSV or JSONL manifest."""
-    text = path.read_text(encoding="utf-8")
+def manifest_rows(
+    path: Path, required: tuple[str, ...] = ("path", "label")
+) -> list[tuple[int, dict[str, Any] | None, str]]:
+    """(line number, row or None, error) for each data row of a CSV or JSONL manifest.
+
+    The text is UTF-8, with or without the byte-order mark that Excel's "CSV UTF-8" writes. Ingest and
+    predict both read manifests here.
+
+    Raises:
+        SourceError: the file cannot be read or decoded, or a CSV header lacks a `required` column.
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise SourceError(f"manifest {path} cannot be read as UTF-8 text: {err}") from err
     rows: list[tuple[int, dict[str, Any] | None, str]] = []
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(text.splitlines())
-        missing = {"path", "label"} - set(reader.fieldnames or [])
+        missing = set(required) - set(reader.fieldnames or [])
         if missing:
             raise SourceError(f"manifest {path}: header lacks column(s) {', '.join(sorted(missing))}")
         for number, row in enumerate(reader, start=2):
@@ -220,7 +241,7 @@ def _manifest(path: Path) -> Listing:
     root = path.parent
     client = None
     candidates = []
-    for number, row, error in _manifest_rows(path):
+    for number, row, error in manifest_rows(path):
         where = f"{path}:{number}"
         if row is not None:
             ref, label, split = row.get("path"), row.get("label"), row.get("split") or None
@@ -239,8 +260,8 @@ def _manifest(path: Path) -> Listing:
             bucket, key = s3.parse_uri(ref)
             candidates.append(Candidate(ref, label, split, _s3_loader(client, bucket, key)))
             continue
-        file = root / ref
-        if Path(ref).is_absolute() or not _inside(file, root):
+        file = manifest_file(path, ref)  # the same rule as predict's manifests
+        if file is None:
             candidates.append(
                 Candidate(ref, label, split, None, (PATH_ESCAPES_ROOT, f"{where}: outside {root}"))
             )

@@ -12,13 +12,22 @@ A dataset directory holds:
 - ``ingest_report.json``: what was skipped, counted by reason, each item listed.
 
 The `val` split is held out of training; it carries the same (possibly noisy) labels as `train`.
+
+`load_dataset` checks every file before a stage uses it (JSON validity, the byte size and shape of each
+array, every row of samples.csv, the counts in dataset.json) and names the damaged file. A labels folder
+(`inject_noise`'s output) is checked against the dataset it is used with by `load_labels`.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
+import math
+import os
+import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +39,9 @@ from labelsieve.errors import LabelsieveError
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 SAMPLE_COLUMNS = ("id", "split", "index", "label", "source", "sha256")
+_HEX16 = re.compile(r"[0-9a-f]{16}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+REINGEST = "run `labelsieve ingest` again"
 
 
 class DatasetError(LabelsieveError):
@@ -68,10 +80,10 @@ def content_hash(classes: list[str], rows: list[tuple[str, str, int, int, str, s
 
 
 def load_dataset(root: str | Path) -> Dataset:
-    """Open a dataset directory written by `ingest`.
+    """Open a dataset directory written by `ingest`, checking every file first.
 
     Raises:
-        DatasetError: files missing, an unknown format version, or arrays that disagree with the table.
+        DatasetError: a file is missing, not valid JSON, truncated or inconsistent; names the file.
     """
     root = Path(root)
     for name in ("dataset.json", "classes.json", "samples.csv", *(f"{s}.npy" for s in SPLITS)):
@@ -79,15 +91,24 @@ def load_dataset(root: str | Path) -> Dataset:
             raise DatasetError(
                 f"{root} is not a labelsieve dataset: {name} is missing (run `labelsieve ingest`)"
             )
-    meta = json.loads((root / "dataset.json").read_text())
+    meta = _read_json(root / "dataset.json", dict)
     if meta.get("format_version") != FORMAT_VERSION:
         raise DatasetError(f"{root}: format version {meta.get('format_version')} is not {FORMAT_VERSION}")
-    classes = json.loads((root / "classes.json").read_text())
-    columns: dict[str, dict[str, list[Any]]] = {s: {c: [] for c in SAMPLE_COLUMNS} for s in SPLITS}
-    with open(root / "samples.csv", newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            for column in SAMPLE_COLUMNS:
-                columns[row["split"]][column].append(row[column])
+    counts, size, channels = meta.get("counts"), meta.get("image_size"), meta.get("channels")
+    if not (
+        isinstance(counts, dict)
+        and all(isinstance(counts.get(s), int) for s in SPLITS)
+        and isinstance(size, int)
+        and isinstance(channels, int)
+        and isinstance(meta.get("content_hash"), str)
+    ):
+        raise DatasetError(
+            f"{root / 'dataset.json'} is damaged: counts, image_size, channels or content_hash"
+        )
+    classes = _read_json(root / "classes.json", list)
+    if not classes or not all(isinstance(c, str) for c in classes) or len(set(classes)) != len(classes):
+        raise DatasetError(f"{root / 'classes.json'} is damaged: expected a list of distinct class names")
+    columns = _read_samples(root / "samples.csv", len(classes))
     samples = {}
     for split in SPLITS:
         cols = columns[split]
@@ -100,10 +121,142 @@ def load_dataset(root: str | Path) -> Dataset:
         }
         if not np.array_equal(table["index"], np.arange(len(table["index"]))):
             raise DatasetError(f"{root}/samples.csv: {split} rows are not numbered 0..N-1 in order")
-        shape = np.load(root / f"{split}.npy", mmap_mode="r").shape
-        if shape[0] != len(table["index"]):
+        if len(table["index"]) != counts[split]:
             raise DatasetError(
-                f"{root}/{split}.npy holds {shape[0]} images but samples.csv lists {len(table['index'])}"
+                f"{root}/samples.csv is damaged: {len(table['index'])} {split} rows, dataset.json counts "
+                f"{counts[split]}; {REINGEST}"
             )
+        _check_npy(root / f"{split}.npy", (counts[split], channels, size, size))
         samples[split] = table
     return Dataset(root=root, classes=classes, meta=meta, samples=samples)
+
+
+def _read_json(path: Path, kind: type) -> Any:
+    """The JSON value in `path`, which must be of type `kind`.
+
+    Raises:
+        DatasetError: not valid JSON (e.g. truncated) or of another type, naming the file.
+    """
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DatasetError(f"{path} is damaged: not valid JSON ({err}); {REINGEST}") from err
+    if not isinstance(value, kind):
+        raise DatasetError(f"{path} is damaged: expected a JSON {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _read_samples(path: Path, num_classes: int) -> dict[str, dict[str, list[Any]]]:
+    """The columns of samples.csv per split, every row checked.
+
+    Raises:
+        DatasetError: a bad header, a short or malformed row (a truncated file), naming the line.
+    """
+    columns: dict[str, dict[str, list[Any]]] = {s: {c: [] for c in SAMPLE_COLUMNS} for s in SPLITS}
+    with open(path, newline="", encoding="utf-8") as handle:
+        text = handle.read()
+    if text and not text.endswith("\n"):
+        raise DatasetError(f"{path} is damaged: it does not end with a full line (truncated?); {REINGEST}")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if tuple(reader.fieldnames or ()) != SAMPLE_COLUMNS:
+        raise DatasetError(f"{path} is damaged: the header is not {','.join(SAMPLE_COLUMNS)}")
+    for number, row in enumerate(reader, start=2):
+        problem = None
+        if None in row or None in row.values():
+            problem = f"{len([v for v in row.values() if v is not None])} fields, not {len(SAMPLE_COLUMNS)}"
+        elif row["split"] not in SPLITS:
+            problem = f"split {row['split']!r} is not one of {', '.join(SPLITS)}"
+        elif not row["index"].isdigit() or not row["label"].isdigit():
+            problem = f"index {row['index']!r} or label {row['label']!r} is not a whole number"
+        elif int(row["label"]) >= num_classes:
+            problem = f"label {row['label']} is not below the {num_classes} classes of classes.json"
+        elif not _HEX16.fullmatch(row["id"]) or not _HEX64.fullmatch(row["sha256"]):
+            problem = "id or sha256 is not a hex digest of the right length"
+        if problem:
+            raise DatasetError(f"{path} line {number} is damaged: {problem}; {REINGEST}")
+        for column in SAMPLE_COLUMNS:
+            columns[row["split"]][column].append(row[column])
+    return columns
+
+
+def _check_npy(path: Path, shape: tuple[int, ...]) -> None:
+    """Check that `path` is a complete uint8 `.npy` array of `shape`.
+
+    Raises:
+        DatasetError: not an .npy file, another shape or dtype, or fewer bytes than the header promises.
+    """
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            found, _fortran, dtype = read_header(handle)
+            expected = handle.tell() + math.prod(found) * dtype.itemsize
+            actual = os.fstat(handle.fileno()).st_size
+    except ValueError as err:
+        raise DatasetError(f"{path} is damaged: not a .npy array ({err}); {REINGEST}") from err
+    if tuple(found) != shape or dtype != np.uint8:
+        raise DatasetError(f"{path} holds {dtype} {tuple(found)}, but dataset.json describes uint8 {shape}")
+    if actual != expected:
+        raise DatasetError(
+            f"{path} is damaged: {actual:,} bytes, {expected:,} expected (truncated?); {REINGEST}"
+        )
+
+
+def noise_key(content_hash: str, seed: int, settings: dict[str, Any]) -> str:
+    """The key of a labels folder: a hash of its dataset's content hash, the seed and the noise settings."""
+    source = json.dumps({"dataset": content_hash, "seed": seed, **settings}, sort_keys=True)
+    return hashlib.sha256(source.encode()).hexdigest()
+
+
+NOISE_SETTINGS = ("mode", "rate", "class_map", "custom_map")
+
+
+def load_labels(labels_dir: str | Path, dataset: Dataset) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The arrays of ``labels.npz`` and the content of ``noise.json``, checked against `dataset`.
+
+    Raises:
+        DatasetError: a file is missing or damaged, or the folder was made for another dataset (its key
+            does not hash this dataset's content), naming both folders.
+    """
+    labels_dir = Path(labels_dir)
+    for name in ("labels.npz", "noise.json"):
+        if not (labels_dir / name).is_file():
+            raise DatasetError(f"{labels_dir} is not a labels folder: {name} is missing (run inject-noise)")
+    noise = _read_json(labels_dir / "noise.json", dict)
+    if "dataset" in noise:  # the content hash of the dataset it was made for
+        same = noise["dataset"] == dataset.meta["content_hash"]
+    else:  # written before noise.json named its dataset: recompute the key over this one
+        missing = [k for k in (*NOISE_SETTINGS, "seed", "key") if k not in noise]
+        if missing:
+            raise DatasetError(f"{labels_dir / 'noise.json'} is damaged: it lacks {', '.join(missing)}")
+        settings = {k: noise[k] for k in NOISE_SETTINGS}
+        same = noise["key"] == noise_key(dataset.meta["content_hash"], noise["seed"], settings)
+    if not same:
+        raise DatasetError(
+            f"labels folder {labels_dir} was made for another dataset than {dataset.root} (its noise.json "
+            f"names another content hash); run `labelsieve inject-noise --dataset-dir {dataset.root} "
+            f"--out-dir {labels_dir}`"
+        )
+    try:
+        with np.load(labels_dir / "labels.npz") as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise DatasetError(f"{labels_dir / 'labels.npz'} is damaged: {err}") from err
+    for split in ("train", "val"):
+        n = len(dataset.samples[split]["id"])
+        for name in (f"{split}_labels", f"{split}_true_labels"):
+            array = arrays.get(name)
+            if (
+                array is None
+                or array.shape != (n,)
+                or (n and not 0 <= array.min() <= array.max() < dataset.num_classes)
+            ):
+                raise DatasetError(
+                    f"{labels_dir / 'labels.npz'}: {name} does not hold {n} labels below "
+                    f"{dataset.num_classes} for {dataset.root}"
+                )
+    return arrays, noise

@@ -2,7 +2,7 @@
 
 The dataset stays resident as uint8 (B, C, H, W); crop and flip run on uint8 (a quarter of the bytes of
 float32), and only the final batch is converted. This replaces per-sample PIL transforms, which dominate
-the published DivideMix epoch (BENCHMARKS.md).
+the published DivideMix epoch (docs/benchmarks.md).
 
 Randomness: every draw comes from the ``generator`` argument, which must live on the same device as the
 batch, so a seed fixes the batch. The draws, in order, are:

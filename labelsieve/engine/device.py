@@ -1,4 +1,4 @@
-"""Device selection and the per-device speed settings (DESIGN.md, "Performance principles").
+"""Device selection and the per-device speed settings (docs/design.md, "Performance principles").
 
 On CUDA: bf16 autocast, channels_last and optionally ``torch.compile``. On the CPU everything stays
 float32 in the default layout, so CPU runs are exact and resumable bit for bit.

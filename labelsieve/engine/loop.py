@@ -22,7 +22,7 @@ from labelsieve.engine.device import autocast
 from labelsieve.engine.resident import TrainingData
 from labelsieve.maths.mixmatch import confidence_penalty, mixup_warmup_loss, sample_lambda
 from labelsieve.models import Classifier, build_model, load_pretrained
-from labelsieve.progress import progress
+from labelsieve.progress import epoch_line, progress
 from labelsieve.seeding import torch_generator
 
 
@@ -92,7 +92,7 @@ def lr_at(epoch: float, cfg: ModelConfig, total_epochs: int) -> float:
     """The learning rate at fractional epoch `epoch` of a `total_epochs` budget.
 
     onecycle: linear rise from lr/25 to lr over `warmup_fraction` of the budget, then linear decay to 0
-    (the tuned CE baseline of BENCHMARKS.md). step: lr, then lr/10 from half the budget (DivideMix).
+    (the tuned CE baseline of docs/benchmarks.md). step: lr, then lr/10 from half the budget (DivideMix).
     """
     t = min(max(epoch / max(total_epochs, 1), 0.0), 1.0)
     if cfg.schedule == "constant":
@@ -280,8 +280,14 @@ def restore_training_state(
 
 
 def log_epoch(stage: str, record: dict[str, Any]) -> None:
-    """One JSON line per epoch on stderr (stdout carries the stage's final summary)."""
-    print(json.dumps({"stage": stage, **record}, default=float), file=sys.stderr, flush=True)
+    """One line per epoch on stderr (stdout carries the stage's final summary): the JSON record when
+    stderr is a log file or a pipe, a short human line on a terminal, where the JSON would wrap between
+    the progress bars."""
+    if sys.stderr.isatty():
+        line = epoch_line(stage, record)
+    else:
+        line = json.dumps({"stage": stage, **record}, default=float)
+    print(line, file=sys.stderr, flush=True)
 
 
 class Timer:

@@ -6,14 +6,13 @@ normalisation and the same (possibly noisy) labels.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from labelsieve.data.store import Dataset, load_dataset
+from labelsieve.data.store import Dataset, load_dataset, load_labels
 
 
 @dataclass(frozen=True)
@@ -52,10 +51,13 @@ class TrainingData:
 
     @classmethod
     def load(cls, dataset_dir: str | Path, labels_dir: str | Path, device: torch.device) -> TrainingData:
-        """Load the dataset and the labels of `inject_noise` onto `device`."""
+        """Load the dataset and the labels of `inject_noise` onto `device`.
+
+        Raises:
+            DatasetError: a damaged dataset, or a labels folder made for another dataset.
+        """
         dataset = load_dataset(dataset_dir)
-        labels = np.load(Path(labels_dir) / "labels.npz")
-        noise = json.loads((Path(labels_dir) / "noise.json").read_text())
+        labels, noise = load_labels(labels_dir, dataset)
         train = np.ascontiguousarray(dataset.images("train"))
         mean, std = channel_stats(train)
 

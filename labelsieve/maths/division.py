@@ -1,7 +1,7 @@
 """Co-divide: per-sample loss -> 2-component 1-D GMM -> clean probability -> labeled/unlabeled split.
 
 Follows DivideMix (Li et al., ICLR 2020, Sec. 3.1 "Co-divide by loss modeling") as restated in
-ALGORITHMS.md §2.1. Pure tensor maths: no I/O, no config objects, every knob is a keyword argument.
+docs/algorithms.md §2.1. Pure tensor maths: no I/O, no config objects, every knob is a keyword argument.
 
 Vocabulary: N samples, C classes; ``losses`` (N,) per-sample CE against the given (possibly noisy)
 ``labels``; ``clean_prob`` (N,) = posterior of the lower-mean GMM component.
@@ -384,7 +384,7 @@ def clean_probability(
     reg_covar: float = 5e-4,
     seed: int,
 ) -> torch.Tensor:
-    """Per-sample clean probability from per-sample losses (ALGORITHMS.md §2.1 steps 2-4).
+    """Per-sample clean probability from per-sample losses (docs/algorithms.md §2.1 steps 2-4).
 
     normalise → optionally average with the loss history → fit the GMM → posterior of the low-loss
     component. DivideMix averages the last 5 epochs at 90% noise; here the caller decides by what it

@@ -1,6 +1,6 @@
 """GRIP: group regularization with class soft labels, and instance purification by JS divergence.
 
-Follows GRIP (arXiv 2403.15694) as restated in ALGORITHMS.md §4. Pure tensor maths: no I/O, no
+Follows GRIP (arXiv 2403.15694) as restated in docs/algorithms.md §4. Pure tensor maths: no I/O, no
 config objects, every knob is a keyword argument whose default is the §4 default. The network is run
 by the caller, which hands in logits or probabilities; one training forward serves both the loss and
 the selection, so GRIP costs about one CE epoch.
@@ -29,6 +29,7 @@ __all__ = [
     "CLEAN",
     "DISCARDED",
     "REVISED",
+    "JsMemory",
     "SoftLabelState",
     "accumulate",
     "grip_loss",
@@ -316,6 +317,46 @@ def js_threshold(
     mean = values.mean()
     std = values.std(correction=0)
     return float((mean + alpha * std).item())
+
+
+@dataclass
+class JsMemory:
+    """The JS memory D (N,) with running float64 sums, so that the per-batch threshold costs O(B).
+
+    `js_threshold` over `values` gives the same threshold in O(N); GRIP takes it every batch (§4 step 3),
+    which at O(N) a batch would cost O(N²/B) an epoch. NaN marks an entry never written.
+    """
+
+    values: torch.Tensor  # (N,) float32, NaN until written
+    sums: torch.Tensor  # (3,) float64: count, Σd, Σd² over the written entries
+
+    @classmethod
+    def create(cls, n: int, device: torch.device | str | None = None) -> JsMemory:
+        """An empty memory of `n` samples."""
+        return cls(
+            values=torch.full((n,), float("nan"), device=device),
+            sums=torch.zeros(3, dtype=torch.float64, device=device),
+        )
+
+    def write(self, idx: torch.Tensor, d: torch.Tensor) -> None:
+        """D[idx] = d for distinct indices `idx`, keeping the sums in step."""
+        old = self.values[idx].double()
+        written = torch.isfinite(old)
+        old = torch.where(written, old, 0.0)
+        new = d.detach().to(self.values.dtype)
+        self.values[idx] = new
+        new = new.double()
+        self.sums += torch.stack(
+            [len(idx) - written.sum(), new.sum() - old.sum(), (new * new).sum() - (old * old).sum()]
+        ).double()
+
+    def threshold(self, alpha: float = 0.5) -> float:
+        """mean(D) + α·std(D) over the written entries (population std); +inf when none is written."""
+        count, total, total_sq = self.sums.tolist()
+        if count < 1:
+            return math.inf
+        mean = total / count
+        return mean + alpha * math.sqrt(max(total_sq / count - mean * mean, 0.0))
 
 
 def purify_batch(

@@ -1,7 +1,7 @@
 """The MixMatch step of DivideMix with co-guessing and co-refinement, and SMR's mixup warm-up.
 
 Follows DivideMix (Li et al., ICLR 2020, Sec. 3.2, Eqs. 2-10) and SMR (Zhang et al., Mathematics 2024,
-12, 2389, Sec. 3) as restated in ALGORITHMS.md §2.2 and §3.1. Pure tensor maths: the networks are run
+12, 2389, Sec. 3) as restated in docs/algorithms.md §2.2 and §3.1. Pure tensor maths: the networks are run
 by the caller, which hands in probabilities or logits; every knob is an argument.
 
 Vocabulary: B per-branch batch size, C classes, T sharpening temperature, ``w`` (B,) clean
@@ -234,7 +234,7 @@ def lambda_u_ramp(
 def mixup_warmup_loss(
     logits: torch.Tensor, labels: torch.Tensor, labels_perm: torch.Tensor, lam: float
 ) -> torch.Tensor:
-    """SMR's mixup warm-up loss L = λ'·CE(f(x̃), ỹ) + (1 − λ')·CE(f(x̃), ỹ_π) (SMR §3.1, ALGORITHMS.md §3.1).
+    """SMR's mixup warm-up loss L = λ'·CE(f(x̃), ỹ) + (1 − λ')·CE(f(x̃), ỹ_π) (docs/algorithms.md §3.1).
 
     Replaces DivideMix's CE (+ NE for asymmetric noise) warm-up: mixup alone slows memorisation of
     wrong labels without knowing the noise type.

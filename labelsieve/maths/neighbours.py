@@ -1,6 +1,6 @@
 """SSSL: synthetic samples from nearest neighbours, weighted by clean probability, with soft targets.
 
-Follows SSSL (Lu & He, arXiv 2406.16966) as restated in ALGORITHMS.md §5. Pure tensor maths: the
+Follows SSSL (Lu & He, arXiv 2406.16966) as restated in docs/algorithms.md §5. Pure tensor maths: the
 network, the GMM (§2.1) and the data loading are the caller's; every knob is an argument.
 
 Vocabulary: N samples in the dataset, B batch size, C classes, D feature width (penultimate layer),

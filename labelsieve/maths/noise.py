@@ -1,4 +1,4 @@
-"""Synthetic label noise (ALGORITHMS.md §1): exact counts, seeded, pure NumPy.
+"""Synthetic label noise (docs/algorithms.md §1): exact counts, seeded, pure NumPy.
 
 Exactly ⌊rate·N⌋ indices are chosen with the seeded generator and only those are redrawn; there is
 no per-sample Bernoulli draw, because the published protocols fix the count.

@@ -1,96 +1,117 @@
-"""The purify rule: keep, relabel or drop each training sample from its scores (pure tensors).
+"""The purify rule: keep, relabel or drop each training sample (pure NumPy, no I/O).
 
-Scores per sample (all (N,)): the clean probability w (mean over the networks of the last co-divide),
-the ensemble prediction ŷ with its confidence max p, and the JS divergence of p to the soft label of ŷ.
+This is both the `purify` stage's rule and the in-memory API for people who already have predictions
+(`labelsieve.find_label_issues`). docs/purification.md gives the reasoning and the measurements; in short:
 
-- keep: w ≥ keep_threshold (the co-divide's own labeled-set rule);
-- relabel to ŷ: not kept, ŷ ≠ ỹ and JS(p, S[ŷ]) ≤ relabel_max_js: the prediction is typical of its
-  new class (GRIP's revision test, τ = 0.04, applied to the whole dataset). An optional confidence gate
-  max p ≥ relabel_confidence is off by default: after GRIP's max-entropy term, max p is small even for
-  right predictions (median 0.27 on digits, where the JS test alone relabels at 97.6% accuracy);
-- drop: everything else.
+1. Confident learning on probabilities that did not simply memorise the given labels (`pred_probs`: the
+   stage averages the co-trained networks' predictions over training with their final ones; a user may
+   pass out-of-sample ones) estimates the noise matrix and each given class's noise rate ρ̂_i
+   (`labelsieve.maths.confident`). A class estimated clean gets ρ̂_i ≈ 0: nothing in it is flagged.
+2. One ranking: the noise score −(p_ỹ − max_{j≠ỹ} p_j) on `pred_probs`, minus the given label's margin.
+   Higher = more likely wrong. A margin is a difference of probabilities, so it means the same in every
+   class, and it sees a swap: a Sandal labelled Sneaker has a Sandal probability above its Sneaker one.
+3. Flag, in each given class i, the round(ρ̂_i · N_i) samples with the highest noise score.
+4. A flagged sample is relabelled to ŷ = argmax of `final_probs` when ŷ ≠ ỹ and the prediction is as
+   confident as a typical kept member of class ŷ: p_ŷ ≥ the mean of p_ŷ over the kept samples labelled
+   ŷ. Otherwise it is dropped: a flagged sample whose best guess is still ỹ, or a guess less sure than
+   the class's own clean members, is not worth a label.
+
+Every threshold comes from the data (ρ̂_i, the kept samples' confidence); the rule has no absolute
+cut-off to tune.
 """
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
 
-from labelsieve.maths import chunks, grip
+import numpy as np
+
+from labelsieve.maths import chunks, confident
 
 KEEP, RELABEL, DROP = 0, 1, 2
 DECISION_NAMES = ("keep", "relabel", "drop")
-SCORE_NAMES = ("clean_prob", "js_given", "predicted", "confidence", "js_predicted")
 
 
-def sample_scores(
-    probs: torch.Tensor, soft_labels: torch.Tensor, clean_prob: torch.Tensor, labels: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """Every score of every sample from the outputs of K networks (the module docstring's list).
+@dataclass(frozen=True)
+class Purification:
+    """The decisions, the per-sample scores and the noise estimate behind them."""
 
-    The ensemble prediction p is the mean of the networks' softmax and its soft labels S the mean of
-    theirs, rows renormalised. Computed in chunks of rows (`labelsieve.maths.chunks`) into one
-    preallocated (N,) tensor per score, so no N × C temporary is made.
+    decision: np.ndarray  # (N,) int8: KEEP, RELABEL or DROP
+    new_labels: np.ndarray  # (N,) int64: ỹ if kept, ŷ if relabelled, -1 if dropped
+    scores: dict[str, np.ndarray]  # (N,) each; see `find_label_issues`
+    noise: confident.NoiseEstimate
+
+
+def margins(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """(N,) p_ỹ − max_{j≠ỹ} p_j, in chunks of rows (no (N, C) temporary)."""
+    out = np.empty(len(labels), dtype=np.float64)
+    rows_of = np.arange(len(labels))
+    for rows in chunks.row_chunks(len(labels), probs.shape[1]):
+        p = np.array(probs[rows], dtype=np.float64)
+        own = p[rows_of[rows] - rows.start, labels[rows]]
+        p[rows_of[rows] - rows.start, labels[rows]] = -np.inf
+        out[rows] = own - p.max(axis=1)
+    return out
+
+
+def flag_top(score: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """(N,) bool: in each given class i, the `counts[i]` samples with the highest `score` (ties by index)."""
+    flagged = np.zeros(len(labels), dtype=bool)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(len(counts) + 1))
+    for c, count in enumerate(counts):
+        members = order[bounds[c] : bounds[c + 1]]
+        k = min(int(count), len(members))
+        if k > 0:
+            flagged[members[np.argsort(-score[members], kind="stable")[:k]]] = True
+    return flagged
+
+
+def kept_confidence(final_probs: np.ndarray, labels: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """(C,) the mean of p_j over the kept samples labelled j; 1 for a class with none (no relabel into it)."""
+    num_classes = final_probs.shape[1]
+    members = labels[kept]
+    own = np.take_along_axis(final_probs[kept], members[:, None], axis=1)[:, 0]
+    sums = np.bincount(members, weights=own, minlength=num_classes)
+    counts = np.bincount(members, minlength=num_classes)
+    return np.divide(sums, counts, out=np.ones(num_classes), where=counts > 0)
+
+
+def find_label_issues(
+    labels: np.ndarray, pred_probs: np.ndarray, *, final_probs: np.ndarray | None = None
+) -> Purification:
+    """Score, flag and decide every sample (the module docstring's rule).
 
     Args:
-        probs: (K, N, C) softmax of each network.
-        soft_labels: (K, C, C) class soft labels S of each network.
-        clean_prob: (K, N) clean probability w from each network's co-divide.
-        labels: (N,) given labels ỹ.
+        labels: (N,) given labels ỹ in [0, C).
+        pred_probs: (N, C) probabilities that did not memorise ỹ: averaged over training, or out of
+            sample (k-fold). Drive the noise estimate and the ranking.
+        final_probs: (N, C) the final model's probabilities, for the relabel target; default `pred_probs`.
 
     Returns:
-        ``SCORE_NAMES`` -> (N,) tensor: ``clean_prob`` (mean w), ``js_given`` JS(p, S[ỹ]),
-        ``predicted`` ŷ = argmax p (int64), ``confidence`` max p, ``js_predicted`` JS(p, S[ŷ]); the
-        floating ones in the dtype of ``probs``.
+        `Purification`; its scores: ``noise_score`` (−margin of the given label), ``self_confidence``
+        (p_ỹ of `pred_probs`), ``predicted`` (argmax of `final_probs`) and ``confidence`` (its
+        probability).
     """
-    _, n, num_classes = probs.shape
-    soft = soft_labels.to(probs).mean(dim=0)  # (C, C)
-    soft = soft / soft.sum(dim=1, keepdim=True)
-    scores = {name: probs.new_empty(n) for name in SCORE_NAMES}
-    scores["predicted"] = torch.empty(n, dtype=torch.int64, device=probs.device)
-    for rows in chunks.row_chunks(n, num_classes):
-        mean_probs = probs[:, rows].mean(dim=0)  # (B, C)
-        confidence, predicted = mean_probs.max(dim=1)
-        scores["confidence"][rows], scores["predicted"][rows] = confidence, predicted
-        scores["clean_prob"][rows] = clean_prob[:, rows].to(mean_probs).mean(dim=0)
-        scores["js_given"][rows] = grip.js_divergence(mean_probs, soft[labels[rows]])
-        scores["js_predicted"][rows] = grip.js_divergence(mean_probs, soft[predicted])
-    return scores
-
-
-def decide(
-    labels: torch.Tensor,
-    clean_prob: torch.Tensor,
-    predicted: torch.Tensor,
-    confidence: torch.Tensor,
-    js_to_predicted: torch.Tensor,
-    *,
-    keep_threshold: float = 0.5,
-    relabel_confidence: float = 0.0,
-    relabel_max_js: float = 0.04,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decide every sample.
-
-    Args:
-        labels: (N,) given labels ỹ.
-        clean_prob: (N,) w in [0, 1].
-        predicted: (N,) ensemble argmax ŷ.
-        confidence: (N,) ensemble max probability.
-        js_to_predicted: (N,) JS(p, S[ŷ]) in [0, 1] (base 2).
-
-    Returns:
-        (decision (N,) int8 of KEEP/RELABEL/DROP, new_labels (N,) int64: ỹ if kept, ŷ if relabelled,
-        -1 if dropped).
-    """
-    decision = torch.empty_like(labels, dtype=torch.int8)
-    new_labels = torch.empty_like(labels, dtype=torch.promote_types(labels.dtype, predicted.dtype))
-    for rows in chunks.row_chunks(labels.numel()):  # chunks keep the masks in cache
-        keep = clean_prob[rows] >= keep_threshold
-        relabel = (
-            ~keep
-            & (predicted[rows] != labels[rows])
-            & (confidence[rows] >= relabel_confidence)
-            & (js_to_predicted[rows] <= relabel_max_js)
-        )
-        decision[rows] = torch.where(keep, KEEP, torch.where(relabel, RELABEL, DROP))
-        new_labels[rows] = torch.where(keep, labels[rows], torch.where(relabel, predicted[rows], -1))
-    return decision, new_labels
+    labels = np.asarray(labels, dtype=np.int64)
+    noise = confident.estimate(labels, pred_probs)
+    final = np.asarray(pred_probs if final_probs is None else final_probs)
+    if final.shape != pred_probs.shape:
+        raise ValueError(f"final_probs must be {pred_probs.shape} like pred_probs, got {final.shape}")
+    noise_score = -margins(labels, pred_probs)
+    flagged = flag_top(noise_score, labels, noise.flag_counts())
+    predicted = final.argmax(axis=1)
+    confidence = np.take_along_axis(final, predicted[:, None], axis=1)[:, 0]
+    typical = kept_confidence(final, labels, ~flagged)
+    sure = confidence >= typical[predicted] - confident.THRESHOLD_SLACK
+    relabel = flagged & (predicted != labels) & sure
+    decision = np.where(flagged, np.where(relabel, RELABEL, DROP), KEEP).astype(np.int8)
+    new_labels = np.where(flagged, np.where(relabel, predicted, -1), labels).astype(np.int64)
+    own = np.take_along_axis(np.asarray(pred_probs), labels[:, None], axis=1)[:, 0]
+    scores = {
+        "noise_score": noise_score,
+        "self_confidence": own.astype(np.float64),
+        "predicted": predicted.astype(np.int64),
+        "confidence": confidence.astype(np.float64),
+    }
+    return Purification(decision=decision, new_labels=new_labels, scores=scores, noise=noise)

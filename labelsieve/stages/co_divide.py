@@ -11,6 +11,7 @@ clean/noisy status where known, and the fitted GMM parameters).
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ class Division:
     labeled: torch.Tensor  # (K, N) bool, X from network k's losses
     fits: list[list[GroupFit]]  # per network, one GMM per group (one group unless per-class)
     fell_back: list[bool]
+    probs: torch.Tensor | None = None  # (K, N, C) softmax of the evaluation pass, when `divide` ran it
 
 
 def divide(
@@ -67,13 +69,10 @@ def divide(
         history: per network, (H, N) normalised losses of earlier epochs, or None.
         min_size: the smallest acceptable labeled or unlabeled set (one batch).
     """
-    losses = [
-        division.per_sample_loss(loop.logits_on(model, data.train_images, data, params), data.train_labels)
-        for model in networks
-    ]
-    return divide_losses(
-        torch.stack(losses), data.train_labels, params, tag=tag, history=history, min_size=min_size
-    )
+    logits = torch.stack([loop.logits_on(model, data.train_images, data, params) for model in networks])
+    losses = torch.stack([division.per_sample_loss(z, data.train_labels) for z in logits])
+    result = divide_losses(losses, data.train_labels, params, tag=tag, history=history, min_size=min_size)
+    return dataclasses.replace(result, probs=torch.softmax(logits, dim=2))
 
 
 def divide_losses(

@@ -28,6 +28,7 @@ import math
 import os
 import platform
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from labelsieve.engine.device import resolve_device
 from labelsieve.engine.resident import TrainingData
 from labelsieve.maths import metrics
 from labelsieve.package import labelsieve_version, load_package
+from labelsieve.stages import purify
 
 # Training stages in DAG order: (stage name, run() keyword of its output directory).
 TRAINING_STAGES = (
@@ -143,8 +145,9 @@ def flat_metrics(
                 "detection.precision": detection["precision"],
                 "detection.recall": detection["recall"],
                 "detection.f1": detection["f1"],
-                "detection.auroc": detection["auroc_clean_prob"],
+                "detection.auroc": detection["auroc"],
                 "detection.relabel_accuracy": detection.get("relabel_accuracy"),
+                "detection.noise_matrix_mae": detection.get("noise_matrix_mae"),
                 "noise_rate_after_purify": detection.get("noise_rate_after"),
             }
         )
@@ -221,16 +224,28 @@ def read_manifest(purified_dir: str | Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def suspicious(manifest: list[dict[str, str]], count: int) -> list[dict[str, str]]:
-    """The `count` training samples with the lowest clean probability.
+def gallery_rows(manifest: list[dict[str, str]], count: int) -> list[dict[str, str]]:
+    """About `count` training samples a reviewer should check, spread over decisions and classes.
 
-    Many noisy samples share a clean probability of 0 after a confident GMM, so ties go to the larger JS
-    divergence from the given class's soft label (GRIP's score), then to the lower index (deterministic).
+    A third each: relabelled, dropped, and borderline (kept, with the highest noise score: the next in
+    line to be flagged). Within each group the classes take turns, each offering its highest noise score
+    first; ties go to the lower index, so the gallery is deterministic. A group with too few samples
+    leaves its share to the next.
     """
-    ranked = sorted(
-        manifest, key=lambda row: (float(row["clean_prob"]), -float(row["js_given"]), int(row["index"]))
-    )
-    return ranked[:count]
+    groups = {
+        "relabel": [r for r in manifest if r["decision"] == "relabel"],
+        "drop": [r for r in manifest if r["decision"] == "drop"],
+        "borderline": [r for r in manifest if r["decision"] == "keep"],
+    }
+    chosen: list[dict[str, str]] = []
+    for position, (name, rows) in enumerate(groups.items()):
+        share = (count - len(chosen)) // (len(groups) - position)
+        by_class: dict[str, list[dict[str, str]]] = {}
+        for row in sorted(rows, key=lambda r: (-float(r["noise_score"]), int(r["index"]))):
+            by_class.setdefault(row["given_label"], []).append(row)
+        turns = [row for rank in zip_longest(*by_class.values()) for row in rank if row is not None]
+        chosen += [{**row, "group": name} for row in turns[:share]]
+    return chosen
 
 
 def final_predictions(
@@ -294,11 +309,11 @@ def run(
     purify_summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     detection = purify_summary.get("detection") if has_truth else None
     manifest = read_manifest(purified_dir)
+    scores = purify.read_scores(purified_dir)
     roc = None
-    if has_truth and manifest:
-        noisy = np.array([row["given_label"] != row["true_label"] for row in manifest])
-        clean_prob = np.array([float(row["clean_prob"]) for row in manifest])
-        roc = metrics.roc_curve(1.0 - clean_prob, noisy)
+    if has_truth and scores is not None:
+        noisy = scores["given_label"] != data.train_true_labels.cpu().numpy()
+        roc = metrics.roc_curve(scores["noise_score"], noisy)
 
     headline = flat_metrics(final, stages, test, detection, noise_rate)
     sources = {"co_divide": divide_dir, "ssl_train": ssl_dir}
@@ -311,14 +326,18 @@ def run(
         "stages": stages,
         "passed_through": [name for name, epochs in configured_epochs(params).items() if epochs == 0],
         "noise": {k: noise[k] for k in ("mode", "rate", "seed")} | {"actual_noise_rate": noise_rate},
-        "purify": {"decisions": purify_summary.get("decisions"), "detection": detection},
+        "purify": {
+            "decisions": purify_summary.get("decisions"),
+            "detection": detection,
+            "noise_estimate": purify_summary.get("noise_estimate"),
+        },
         "metrics": headline,
         "environment": _environment(device),
         "params": params.to_dict(),
     }
     gallery = [
         {**row, "image": data.dataset.images("train")[int(row["index"])]}
-        for row in suspicious(manifest, params.evaluate.gallery_size)
+        for row in gallery_rows(manifest, params.evaluate.gallery_size)
     ]
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / "metrics.json", headline)
@@ -331,7 +350,8 @@ def run(
             confusion=np.asarray(test["confusion_matrix"]),
             classes=classes,
             roc=roc,
-            auroc=None if not detection else detection.get("auroc_clean_prob"),
+            auroc=None if not detection else detection.get("auroc"),
+            noise_estimate=purify_summary.get("noise_estimate"),
         )
         report.write_html(
             tmp / "report.html",

@@ -1,16 +1,17 @@
-"""Stage 6, `group_regularize`: GRIP fine-tuning (ALGORITHMS.md §4) of every network it is given.
+"""Stage 6, `group_regularize`: GRIP fine-tuning (docs/algorithms.md §4) of every network it is given.
 
-Each network keeps its own class soft-label matrix S (C, C) and JS memory D (N,). Per batch, the training
-forward's detached prediction p̄ gives d = JS(p̄, S[ỹ]) (stored once S exists). From epoch E_warm − 1 a
-sample with d above the threshold (mean + α·std of D, taken at the start of the epoch) is revised to
-argmax p̄ if JS(p̄, S[argmax]) ≤ τ_relabel, else discarded for this step. The loss is
-(1−w)·CE + w·CE(z, S[y]) over the kept samples + γ·NE over the whole batch. At the end of each epoch S
-moves toward the class-average prediction of the samples whose argmax equals their label (EMA m; an
-empty class keeps its row).
+Each network keeps its own class soft-label matrix S (C, C) and JS memory D (N,). The networks arrive
+trained, so S starts from one evaluation pass and D fills from the first batch. Per batch, the training
+forward's detached prediction p̄ gives d = JS(p̄, S[ỹ]), stored in D. From epoch E_warm − 1 a sample with
+d above the threshold (mean + α·std of D, taken per batch) is revised to argmax p̄ if
+JS(p̄, S[argmax]) ≤ τ_relabel, else discarded for this step. The loss is (1−w)·CE + w·CE(z, S[y]) over
+the kept samples + γ·NE over the whole batch. At the end of each epoch S moves toward the class-average
+prediction of the samples whose argmax equals their label (EMA m; an empty class keeps its row). The
+learning rate warms up only over `lr_warmup_epochs` (0 by default: the networks are already trained).
 
-With `epochs: 0` the networks pass through unchanged and S is estimated in one evaluation pass, so
-`purify` always finds soft labels. Outputs: ``net{k}.pt``, ``networks.json``, ``soft_labels.npy``
-(K, C, C), ``js_memory.npy`` (K, N), ``history.json``.
+With `epochs: 0` the networks pass through unchanged with S from the evaluation pass, so `purify`
+always finds soft labels. Outputs: ``net{k}.pt``, ``networks.json``, ``soft_labels.npy`` (K, C, C),
+``js_memory.npy`` (K, N), ``history.json``.
 """
 
 from __future__ import annotations
@@ -47,18 +48,22 @@ def grip_epoch(
     optimizer: torch.optim.Optimizer,
     data: TrainingData,
     state: grip.SoftLabelState,
-    memory: torch.Tensor,
+    memory: grip.JsMemory,
     *,
     params: Params,
     epoch: int,
     generators: loop.Generators,
     desc: str,
 ) -> dict[str, float]:
-    """One GRIP epoch of `model`; updates `state` and the JS `memory` (N,) in place."""
+    """One GRIP epoch of `model`; updates `state` and the JS `memory` in place.
+
+    The threshold is taken per batch from the memory as it stands after this batch's divergences are
+    stored (§4 steps 1 and 3); the returned ``threshold`` is its mean over the epoch's batches.
+    """
     cfg = params.group_regularize
     model.train()
     purifying = state.initialised and grip.purification_active(epoch, warmup_epochs=cfg.warmup_epochs)
-    threshold = grip.js_threshold(memory, alpha=cfg.threshold_alpha) if purifying else math.inf
+    thresholds = []
     order = loop.batches(len(data.train_labels), params.model.batch_size, generators.cpu)
     counts = torch.zeros(3, dtype=torch.int64)
     total = 0.0
@@ -72,8 +77,10 @@ def grip_epoch(
         probs = F.softmax(logits, dim=1).detach()  # the selection reuses the training forward
         soft = state.soft_labels  # the identity until the first update, so the soft term is plain CE then
         if state.initialised:
-            memory[idx] = grip.js_divergence(probs, soft[labels])
+            memory.write(idx, grip.js_divergence(probs, soft[labels]))
         if purifying:
+            threshold = memory.threshold(cfg.threshold_alpha)
+            thresholds.append(threshold)
             decision, labels, _ = grip.purify_batch(
                 probs, labels, soft, threshold=threshold, relabel_tau=cfg.relabel_tau
             )
@@ -94,17 +101,17 @@ def grip_epoch(
         "clean": clean,
         "revised": revised,
         "discarded": discarded,
-        "threshold": threshold,
+        "threshold": sum(thresholds) / len(thresholds) if thresholds else math.inf,
     }
 
 
-def estimate_soft_labels(model: torch.nn.Module, data: TrainingData, params: Params) -> torch.Tensor:
+def initial_state(model: torch.nn.Module, data: TrainingData, params: Params) -> grip.SoftLabelState:
     """S from one evaluation pass: the class-average prediction of samples whose argmax is their label."""
     logits = loop.logits_on(model, data.train_images, data, params)
     state = grip.SoftLabelState.create(data.num_classes, device=logits.device)
     state.accumulate(F.softmax(logits, dim=1), data.train_labels)
     state.end_epoch(momentum=params.group_regularize.momentum)
-    return state.soft_labels
+    return state
 
 
 def run(
@@ -122,8 +129,10 @@ def run(
     networks = loop.load_networks(networks_dir, params, data, device)
     optimizers = [loop.make_optimizer(m, params.model) for m in networks]
     generators = loop.Generators(params.runtime.seed, "group_regularize", device)
-    states = [grip.SoftLabelState.create(data.num_classes, device=device) for _ in networks]
-    memory = torch.full((len(networks), len(data.train_labels)), float("nan"), device=device)
+    # The networks come trained: S starts from an evaluation pass, so the JS memory fills from epoch 0
+    # and the first purifying epoch has a full epoch of memory behind it.
+    states = [initial_state(model, data, params) for model in networks]
+    memory = [grip.JsMemory.create(len(data.train_labels), device) for _ in networks]
     initial = sum(float(p.detach().double().sum()) for m in networks for p in m.parameters())
     key = {
         "stage": "group_regularize",
@@ -133,11 +142,12 @@ def run(
         "seed": params.runtime.seed,
         "init": initial,
     }  # the input networks are part of the run's identity
-    checkpoint = Checkpoint(out_dir, key)
+    checkpoint = Checkpoint(out_dir, key, stage="group_regularize")
     start, history = 0, []
     if (saved := checkpoint.load()) is not None:
         start, history = loop.restore_training_state(saved, networks, optimizers, generators)
-        memory = saved["memory"].to(device)
+        for m, (values, sums) in zip(memory, saved["memory"], strict=True):
+            m.values, m.sums = values.to(device), sums.to(device)
         for state, (soft, initialised) in zip(states, saved["soft_labels"], strict=True):
             state.soft_labels, state.initialised = soft.to(device), bool(initialised)
     for epoch in range(start, cfg.epochs):
@@ -165,17 +175,13 @@ def run(
         loop.log_epoch("group_regularize", record)
         state_dict = loop.training_state(networks, optimizers, generators, epoch, history)
         soft = [(s.soft_labels.cpu(), torch.tensor(s.initialised)) for s in states]
-        checkpoint.save({**state_dict, "memory": memory.cpu(), "soft_labels": soft})
-    soft_labels = torch.stack(
-        [
-            state.soft_labels if state.initialised else estimate_soft_labels(model, data, params)
-            for state, model in zip(states, networks, strict=True)
-        ]
-    )
+        saved_memory = [(m.values.cpu(), m.sums.cpu()) for m in memory]
+        checkpoint.save({**state_dict, "memory": saved_memory, "soft_labels": soft})
+    soft_labels = torch.stack([state.soft_labels for state in states])
     with atomic_dir(out_dir) as tmp:
         loop.save_networks(tmp, networks, params, data)
         write_npy(tmp / "soft_labels.npy", soft_labels.cpu().numpy().astype(np.float32))
-        write_npy(tmp / "js_memory.npy", memory.cpu().numpy())
+        write_npy(tmp / "js_memory.npy", torch.stack([m.values for m in memory]).cpu().numpy())
         write_json(tmp / "history.json", history)
     checkpoint.clear()
     return {"epochs": cfg.epochs, "networks": len(networks), **(history[-1] if history else {})}

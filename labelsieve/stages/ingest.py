@@ -2,29 +2,35 @@
 
 Steps: list candidates -> decode, convert and resize each into a disk-backed array (bounded memory)
 -> drop exact duplicates (keep the first, report label conflicts) and train images that also occur in
-the test split (leakage) -> optional first-n-per-class subset -> seeded stratified test split (if the
-source has none) and validation split -> write the store. Every skipped sample is counted by reason
-and listed in ``ingest_report.json``; nothing vanishes silently.
+the test split (leakage) -> drop classes with fewer than ``ingest.min_class_size`` usable samples (an
+empty keyword folder, a mistyped label) with a warning -> seeded stratified test split (if the source has
+none) -> drop train images whose perceptual hash is near a test image's (resized or recompressed copies)
+-> optional first-n-per-class subset -> validation split -> write the store. Every skipped sample and
+dropped class is listed in ``ingest_report.json``; nothing vanishes silently. ``ingest.strict_classes``
+makes a dropped class an error instead. An object-store failure (not a missing key) stops the ingest.
 
 Append mode (``ingest.append_to``, retraining on a new crawl): the existing dataset's samples keep their
 split, index and label; new images already stored there (same content hash) are skipped as duplicates,
-and the rest are split by the same seeded rules and added after the old rows.
+and the rest are split by the same seeded rules and added after the old rows. Classes the dataset lacks
+are added after the stored ones with a warning naming them (an error under ``ingest.strict_classes``).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
-from labelsieve.atomic import atomic_dir, write_csv, write_json
-from labelsieve.config import Params
-from labelsieve.data import images, s3, sources, splits, store
+from labelsieve.atomic import atomic_dir, preallocated_npy, write_csv, write_json
+from labelsieve.config import IngestConfig, Params
+from labelsieve.data import images, near_duplicates, s3, sources, splits, store
 from labelsieve.errors import LabelsieveError
 from labelsieve.progress import progress
 from labelsieve.seeding import numpy_rng
@@ -32,6 +38,8 @@ from labelsieve.seeding import numpy_rng
 UNKNOWN_LABEL = "unknown_label"
 DUPLICATE = "duplicate"
 TEST_LEAK = "test_leak"
+NEAR_TEST_LEAK = "near_test_leak"
+SMALL_CLASS = "small_class"
 CHUNK = 512  # candidates decoded per batch; bounds the memory held by in-flight decodes
 
 
@@ -44,7 +52,9 @@ def run(params: Params, *, out_dir: str | Path) -> dict[str, Any]:
 
     Raises:
         sources.SourceError: the source cannot be read at all.
-        IngestError: no usable sample is left for the dataset or for some class.
+        s3.StorageError: object storage failed (unreachable, silent, refused credentials, throttling).
+        IngestError: no usable class is left, or, under ``ingest.strict_classes``, a class is dropped or
+            an appended crawl brings classes the dataset lacks.
     """
     cfg, data = params.ingest, params.data
     listing = sources.open_source(cfg)
@@ -53,7 +63,10 @@ def run(params: Params, *, out_dir: str | Path) -> dict[str, Any]:
     )
     base = _base_dataset(cfg.append_to, params) if cfg.append_to else None
     if base is not None:  # old class indices stay; classes new to this crawl go after them
-        classes = base.classes + [name for name in classes if name not in base.classes]
+        new = [name for name in classes if name not in base.classes]
+        if new and cfg.strict_classes:
+            raise IngestError(_new_classes_message(cfg.append_to, listing.name, base.classes, new))
+        classes = base.classes + new
     class_index = {name: k for k, name in enumerate(classes)}
     candidates = listing.candidates
     n = len(candidates)
@@ -61,32 +74,47 @@ def run(params: Params, *, out_dir: str | Path) -> dict[str, Any]:
     skipped: list[dict[str, str]] = []
 
     with atomic_dir(out_dir) as tmp:
-        work = np.lib.format.open_memmap(
-            tmp / "work.npy", mode="w+", dtype=np.uint8, shape=(max(n, 1), *shape)
-        )
+        work = preallocated_npy(tmp / "work.npy", (max(n, 1), *shape))  # a full disk is an error, not SIGBUS
         hashes: list[str | None] = [None] * n
         workers = cfg.workers or os.cpu_count() or 1
+        decode = functools.partial(
+            _decode,
+            class_index=class_index,
+            size=data.image_size,
+            channels=data.channels,
+            max_pixels=cfg.max_image_pixels,
+        )
         with ThreadPoolExecutor(max_workers=workers) as pool:
             starts = range(0, n, CHUNK)
-            for start in progress(starts, total=len(starts), desc="ingest", mode=params.runtime.progress):
-                chunk = candidates[start : start + CHUNK]
-                decoded = pool.map(
-                    lambda c: _decode(c, class_index, data.image_size, data.channels, cfg.max_image_pixels),
-                    chunk,
-                )
-                for offset, (pixels, reason, detail) in enumerate(decoded):
-                    i = start + offset
-                    if pixels is None:
-                        skipped.append(_skip_entry(candidates[i], reason, detail))
-                        continue
-                    work[i] = pixels
-                    hashes[i] = hashlib.sha256(pixels.tobytes()).hexdigest()
+            try:
+                for start in progress(starts, total=len(starts), desc="ingest", mode=params.runtime.progress):
+                    chunk = candidates[start : start + CHUNK]
+                    decoded = pool.map(decode, chunk)
+                    for offset, (pixels, reason, detail) in enumerate(decoded):
+                        i = start + offset
+                        if pixels is None:
+                            skipped.append(_skip_entry(candidates[i], reason, detail))
+                            continue
+                        work[i] = pixels
+                        hashes[i] = hashlib.sha256(pixels.tobytes()).hexdigest()
+            except BaseException:  # a storage outage: do not wait for the queued reads to time out too
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
         work.flush()
 
         labels = np.array([class_index.get(c.label, -1) for c in candidates], dtype=np.int64)
         has_test = any(c.split == "test" for c in candidates)
         is_test = np.array([c.split == "test" for c in candidates], dtype=bool)
         keep, conflicts = _deduplicate(candidates, hashes, labels, is_test, classes, skipped, _stored(base))
+        protected = len(base.classes) if base is not None else 0
+        dropped = _small_classes(labels, keep & ~is_test, classes, protected, cfg.min_class_size, skipped)
+        if dropped:
+            _refuse_or_warn(cfg, listing.name, n, dropped, len(classes), skipped, out_dir)
+            classes, labels = _without(classes, labels, keep, candidates, dropped, skipped)
+        new_classes = classes[protected:] if base is not None else []
+        if new_classes:
+            message = _new_classes_message(cfg.append_to, listing.name, base.classes, new_classes)
+            warnings.warn(f"ingest: {message}", stacklevel=2)
 
         train_pool = np.flatnonzero(keep & ~is_test)
         test_rows = np.flatnonzero(keep & is_test)
@@ -95,6 +123,11 @@ def run(params: Params, *, out_dir: str | Path) -> dict[str, Any]:
                 labels[train_pool], cfg.test_fraction, numpy_rng(params.runtime.seed, "test")
             )
             train_pool, test_rows = train_pool[~held], train_pool[held]
+        near_check = _near_duplicate_check(cfg.near_duplicate_bits, data.image_size)
+        if near_check.startswith("on"):
+            train_pool = _drop_near_test_leaks(
+                work, train_pool, test_rows, base, candidates, cfg.near_duplicate_bits, skipped
+            )
         if base is None:
             subset = splits.first_per_class(labels[train_pool], cfg.per_class_limit)
         else:
@@ -109,7 +142,7 @@ def run(params: Params, *, out_dir: str | Path) -> dict[str, Any]:
         old = {split: 0 if base is None else len(base.samples[split]["id"]) for split in store.SPLITS}
         counts = {split: old[split] + len(members) for split, members in split_rows.items()}
         reasons = Counter(item["reason"] for item in skipped)
-        report = {
+        report: dict[str, Any] = {
             "source": listing.name,
             "candidates": n,
             "stored": counts,
@@ -117,21 +150,20 @@ def run(params: Params, *, out_dir: str | Path) -> dict[str, Any]:
             "skipped_counts": dict(sorted(reasons.items())),
             "excluded_by_per_class_limit": excluded_by_limit,
             "label_conflicts": conflicts,
+            "dropped_classes": dropped,
+            "near_duplicate_check": near_check,
             "skipped": skipped,
         }
         if base is not None:
             report["appended_to"] = str(cfg.append_to)
+            report["new_classes"] = new_classes
             report["added"] = {split: len(members) for split, members in split_rows.items()}
         problem = None if base is not None else _emptiness(listing.name, classes, labels, split_rows, reasons)
         if problem:
-            failed_report = Path(out_dir).with_name(Path(out_dir).name + ".failed_ingest_report.json")
-            write_json(failed_report, report)
-            raise IngestError(f"{problem}; every skipped sample is listed in {failed_report}")
+            _fail(out_dir, report, problem)
         rows = []
         for split, members in split_rows.items():
-            out = np.lib.format.open_memmap(
-                tmp / f"{split}.npy", mode="w+", dtype=np.uint8, shape=(counts[split], *shape)
-            )
+            out = preallocated_npy(tmp / f"{split}.npy", (counts[split], *shape))
             if base is not None:  # the old rows first, unchanged
                 out[: old[split]] = base.images(split)
                 t = base.samples[split]
@@ -168,6 +200,8 @@ def run(params: Params, *, out_dir: str | Path) -> dict[str, Any]:
         **counts,
         "skipped": len(skipped),
         "skipped_counts": report["skipped_counts"],
+        "dropped_classes": [d["class"] for d in dropped],
+        **({"new_classes": new_classes} if base is not None else {}),
     }
 
 
@@ -181,7 +215,7 @@ def _decode(
         return None, UNKNOWN_LABEL, f"label {candidate.label!r} is not in the class list"
     try:
         raw = candidate.load()
-    except (OSError, s3.StorageError) as err:
+    except (OSError, s3.ObjectMissing) as err:  # any other StorageError is an outage: it stops the ingest
         return None, sources.READ_ERROR, str(err)
     try:
         if isinstance(raw, np.ndarray):
@@ -256,6 +290,137 @@ def _deduplicate(
         else:
             seen[sha] = i
     return keep, conflicts
+
+
+def _counts(skipped: list[dict[str, str]]) -> dict[str, int]:
+    return dict(sorted(Counter(item["reason"] for item in skipped).items()))
+
+
+def _fail(out_dir: str | Path, report: dict[str, Any], problem: str) -> NoReturn:
+    """Write `report` next to `out_dir` as ``<name>.failed_ingest_report.json`` and raise IngestError."""
+    failed_report = Path(out_dir).with_name(Path(out_dir).name + ".failed_ingest_report.json")
+    write_json(failed_report, report)
+    raise IngestError(f"{problem}; every skipped sample is listed in {failed_report}")
+
+
+def _small_classes(
+    labels: np.ndarray,
+    usable: np.ndarray,
+    classes: list[str],
+    protected: int,
+    minimum: int,
+    skipped: list[dict[str, str]],
+) -> list[dict[str, Any]]:
+    """Classes after the first `protected` (an appended-to dataset's) with fewer than `minimum` usable
+    samples (mask (N,)), each as {"class", "usable", "skipped_counts"} (its samples skipped so far)."""
+    counts = np.bincount(labels[usable], minlength=len(classes))
+    return [
+        {
+            "class": classes[k],
+            "usable": int(counts[k]),
+            "skipped_counts": _counts([item for item in skipped if item["label"] == classes[k]]),
+        }
+        for k in range(protected, len(classes))
+        if counts[k] < minimum
+    ]
+
+
+def _refuse_or_warn(
+    cfg: IngestConfig,
+    source: str,
+    candidates: int,
+    dropped: list[dict[str, Any]],
+    num_classes: int,
+    skipped: list[dict[str, str]],
+    out_dir: str | Path,
+) -> None:
+    """Warn that the `dropped` classes are left out; fail instead (see `_fail`) under strict_classes or
+    when no class is left."""
+    names = ", ".join(f"{d['class']!r} ({d['usable']} usable)" for d in dropped)
+    problem = (
+        f"class(es) {names} of source {source} have fewer than ingest.min_class_size="
+        f"{cfg.min_class_size} usable samples outside the test split"
+    )
+    if cfg.strict_classes or len(dropped) == num_classes:
+        if not cfg.strict_classes:
+            problem = f"source {source} leaves no usable training image: {problem}"
+        report = {"source": source, "candidates": candidates, "dropped_classes": dropped}
+        _fail(out_dir, {**report, "skipped_counts": _counts(skipped), "skipped": skipped}, problem)
+    warnings.warn(
+        f"ingest: dropped {problem}; see dropped_classes in ingest_report.json "
+        "(ingest.strict_classes=true makes this an error)",
+        stacklevel=3,
+    )
+
+
+def _without(
+    classes: list[str],
+    labels: np.ndarray,
+    keep: np.ndarray,
+    candidates: list[sources.Candidate],
+    dropped: list[dict[str, Any]],
+    skipped: list[dict[str, str]],
+) -> tuple[list[str], np.ndarray]:
+    """Drop the `dropped` classes: their kept samples are skipped (`keep` updated in place) and the labels
+    renumbered. Returns (classes left, labels (N,) with -1 for the dropped)."""
+    gone = np.array([name in {d["class"] for d in dropped} for name in classes])
+    has = labels >= 0
+    hit = np.zeros(len(labels), dtype=bool)
+    hit[has] = gone[labels[has]]
+    usable = {d["class"]: d["usable"] for d in dropped}
+    for i in np.flatnonzero(keep & hit):
+        keep[i] = False
+        label = candidates[i].label
+        detail = f"class {label!r} dropped: {usable[label]} usable sample(s), under ingest.min_class_size"
+        skipped.append(_skip_entry(candidates[i], SMALL_CLASS, detail))
+    renumber = np.where(gone, -1, np.cumsum(~gone) - 1)
+    labels = np.where(has, renumber[np.clip(labels, 0, None)], -1)
+    return [name for name, g in zip(classes, gone, strict=True) if not g], labels
+
+
+def _new_classes_message(path: str | None, source: str, stored: list[str], new: list[str]) -> str:
+    names = ", ".join(map(repr, new))
+    return (
+        f"source {source} adds {len(new)} class(es) that ingest.append_to {path} lacks: {names} "
+        f"(stored: {', '.join(map(repr, stored))}); the label space grows from {len(stored)} to "
+        f"{len(stored) + len(new)} classes. Rename the folders or labels to the stored names if they are "
+        "the same classes; ingest.strict_classes=true refuses such a crawl"
+    )
+
+
+def _near_duplicate_check(bits: int, size: int) -> str:
+    """Whether train images near a test image are looked for, and why not (for the report)."""
+    if bits < 0:
+        return "off: ingest.near_duplicate_bits is -1"
+    if size < near_duplicates.SIDE:
+        # An image smaller than the hash's own 28 px has too little detail to tell copies from look-alikes
+        # at the measured threshold (on 8 px digits, two writers' 6s came within 10 bits).
+        return f"off: images of {size} px are smaller than the {near_duplicates.SIDE} px the hash needs"
+    return f"on: train images within {bits} bits of a test image's perceptual hash are dropped"
+
+
+def _drop_near_test_leaks(
+    work: np.ndarray,
+    train_rows: np.ndarray,
+    test_rows: np.ndarray,
+    base: store.Dataset | None,
+    candidates: list[sources.Candidate],
+    bits: int,
+    skipped: list[dict[str, str]],
+) -> np.ndarray:
+    """`train_rows` less those whose perceptual hash lies within `bits` of a test image's (the test rows,
+    and an appended-to dataset's test split); each one dropped is appended to `skipped`."""
+    reference = near_duplicates.phash(work, test_rows)
+    names = [candidates[i].source for i in test_rows]
+    if base is not None:
+        reference = np.concatenate([reference, near_duplicates.phash(base.images("test"))])
+        names += [str(name) for name in base.samples["test"]["source"]]
+    distance, nearest = near_duplicates.nearest(near_duplicates.phash(work, train_rows), reference)
+    near = np.flatnonzero(distance <= bits)
+    for k in near:
+        detail = f"perceptual hash within {distance[k]} bits of test image {names[nearest[k]]}"
+        skipped.append(_skip_entry(candidates[train_rows[k]], NEAR_TEST_LEAK, detail))
+    return np.delete(train_rows, near)
 
 
 def _base_dataset(path: str, params: Params) -> store.Dataset:

@@ -6,14 +6,13 @@ user with real noisy data would), each split with its own exact count. The test 
 Outputs in `out_dir`:
 - ``labels.npz``: for split in (train, val): ``{split}_labels`` (given, possibly noisy),
   ``{split}_true_labels`` and ``{split}_is_noisy`` (labels != true labels), all (N_split,).
-- ``noise.json``: mode, rate, seed, the key (hash of the dataset and every param used), and per split
+- ``noise.json``: mode, rate, seed, the dataset's content hash (`dataset`, checked whenever the labels are
+  loaded), the key (hash of the dataset and every param used), and per split
   the count redrawn, the actual noise rate and the empirical noise matrix M[i, j] = P(label=i | true=j).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import numpy as np
 
 from labelsieve.atomic import atomic_dir, write_json, write_npz
 from labelsieve.config import Params
-from labelsieve.data.store import load_dataset
+from labelsieve.data.store import load_dataset, noise_key
 from labelsieve.maths import noise
 from labelsieve.seeding import numpy_rng
 
@@ -41,13 +40,11 @@ def run(params: Params, *, dataset_dir: str | Path, out_dir: str | Path) -> dict
     if cfg.mode == "asymmetric" and cfg.rate > 0:
         class_map = noise.class_map_array(cfg.class_map, dataset.classes, cfg.custom_map)
     settings = {"mode": cfg.mode, "rate": cfg.rate, "class_map": cfg.class_map, "custom_map": cfg.custom_map}
-    key_source = json.dumps(
-        {"dataset": dataset.meta["content_hash"], "seed": seed, **settings}, sort_keys=True
-    )
     report: dict[str, Any] = {
         **settings,
         "seed": seed,
-        "key": hashlib.sha256(key_source.encode()).hexdigest(),
+        "dataset": dataset.meta["content_hash"],  # checked by store.load_labels
+        "key": noise_key(dataset.meta["content_hash"], seed, settings),
     }
     arrays: dict[str, np.ndarray] = {}
     for split in NOISY_SPLITS:

@@ -1,20 +1,27 @@
 """Stage 7, `purify`: score every training sample and decide keep / relabel / drop.
 
-Scores: (a) the clean probability of the last co-divide (`ssl_train`'s final `partition.npz`), averaged
-over the networks; (b) the JS divergence of the ensemble prediction to the soft label of the given
-class (GRIP's instance-purification score, with the soft labels of `group_regularize` averaged over the
-networks); (c) the ensemble prediction and its confidence. The rule is `labelsieve.maths.purification`.
+The rule is `labelsieve.maths.purification` (docs/purification.md). Its probabilities are the average
+of two predictions of the co-trained networks: their final one, and their training dynamics from
+`ssl_train` (``dynamics.npz``: every co-divide's prediction averaged over the epochs and both networks).
+Confident learning on them estimates the noise matrix and each class's noise rate; in each given class
+that many samples with the lowest margin of the given label are flagged; a flagged sample is relabelled
+to the final networks' prediction when it is as confident as the class's kept members, else dropped.
+The final networks are `ssl_train`'s (`purify.relabel_from: ssl`, measured better) or GRIP's. Without SSL
+epochs (the `grip` preset) the final probabilities stand alone. GRIP's JS divergences, the last
+co-divide's clean probability and the training-dynamics margin are reported beside the decision.
 
 Outputs:
+- ``scores.npz``: every per-sample score as numbers (`SCORE_FILE_FIELDS`), for `evaluate` and users;
 - ``manifest.csv``: one row per training sample: ``id``, ``index``, ``source``, ``given_label``,
-  ``decision`` (keep | relabel | drop), ``new_label`` (empty if dropped), ``clean_prob``,
-  ``js_given`` (JS to the given class's soft label), ``predicted_label``, ``confidence``,
-  ``js_predicted``, and ``true_label`` where the truth is known (benchmarks).
+  ``decision`` (keep | relabel | drop), ``new_label`` (empty if dropped), ``noise_score``,
+  ``predicted_label``, ``confidence``, ``js_given``, ``clean_prob``, and ``true_label`` where the truth
+  is known (benchmarks);
 - ``labels.npz``: ``train_labels`` (int64 (N,), the purified label, -1 if dropped) and
-  ``train_decision`` (int8 (N,): 0 keep, 1 relabel, 2 drop), for `retrain` and `export`.
-- ``summary.json``: counts per class and decision; with ground truth, precision / recall / F1 of the
-  flagged (not kept) samples, AUROC of 1 − clean probability and of the JS score, the accuracy of the
-  relabels, and the label error rate before and after purification.
+  ``train_decision`` (int8 (N,): 0 keep, 1 relabel, 2 drop), for `retrain` and `export`;
+- ``summary.json``: counts per class and decision, the estimated noise matrix and per-class noise rates;
+  with ground truth also the injected noise matrix and the error of the estimate, precision / recall /
+  F1 of the flagged samples, AUROC of each score, the accuracy of the relabels, and the label error rate
+  before and after purification.
 """
 
 from __future__ import annotations
@@ -31,8 +38,8 @@ from labelsieve.config import Params
 from labelsieve.engine import loop
 from labelsieve.engine.device import resolve_device
 from labelsieve.engine.resident import TrainingData
-from labelsieve.maths import metrics, purification
-from labelsieve.stages import co_divide
+from labelsieve.maths import grip, metrics, noise, purification
+from labelsieve.stages import ssl_train
 
 MANIFEST_COLUMNS = (
     "id",
@@ -41,54 +48,78 @@ MANIFEST_COLUMNS = (
     "given_label",
     "decision",
     "new_label",
-    "clean_prob",
-    "js_given",
+    "noise_score",
     "predicted_label",
     "confidence",
-    "js_predicted",
+    "js_given",
+    "clean_prob",
+)
+# scores.npz: the decision, the labels and every per-sample score.
+SCORE_FILE_FIELDS = (
+    "given_label",
+    "decision",
+    "new_label",
+    "noise_score",
+    "self_confidence",
+    "predicted",
+    "confidence",
+    "js_given",
+    "clean_prob",
+    "dynamics_margin",
 )
 
 
-def score(
-    networks: list[torch.nn.Module],
-    soft_labels: torch.Tensor,
-    clean_prob: torch.Tensor,
-    data: TrainingData,
-    params: Params,
-) -> dict[str, torch.Tensor]:
-    """Every score of every training sample, (N,) each, from the ensemble of `networks`."""
-    probs = torch.stack(
+def final_probs(networks: list[torch.nn.Module], data: TrainingData, params: Params) -> torch.Tensor:
+    """(N, C) the mean softmax of `networks` on the unaugmented training images."""
+    return torch.stack(
         [F.softmax(loop.logits_on(m, data.train_images, data, params), dim=1) for m in networks]
-    )  # (K, N, C)
-    return purification.sample_scores(probs, soft_labels, clean_prob, data.train_labels)
+    ).mean(dim=0)
 
 
-def decide(
-    scores: dict[str, torch.Tensor], labels: torch.Tensor, params: Params
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep / relabel / drop from `score`'s output and the `purify` params: (decision, new_labels)."""
-    cfg = params.purify
-    return purification.decide(
-        labels,
-        scores["clean_prob"],
-        scores["predicted"],
-        scores["confidence"],
-        scores["js_predicted"],
-        keep_threshold=cfg.keep_threshold,
-        relabel_confidence=cfg.relabel_confidence,
-        relabel_max_js=cfg.relabel_max_js,
-    )
+def js_given(probs: torch.Tensor, soft_labels: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """GRIP's instance score JS(p, S[ỹ]) with S the networks' soft labels averaged, rows renormalised."""
+    soft = soft_labels.to(probs).mean(dim=0)
+    soft = soft / soft.sum(dim=1, keepdim=True)
+    return grip.js_divergence(probs, soft[labels]).double().cpu().numpy()
+
+
+def purify(
+    labels: torch.Tensor,
+    final: torch.Tensor,
+    soft_labels: torch.Tensor,
+    dynamics: dict[str, np.ndarray] | None,
+    params: Params,
+) -> purification.Purification:
+    """The decisions and scores for every training sample (the module docstring's rule).
+
+    Args:
+        labels: (N,) given labels.
+        final: (N, C) the final networks' mean softmax (`final_probs`).
+        soft_labels: (K, C, C) GRIP's class soft labels of each network.
+        dynamics: `ssl_train.read_dynamics`, or None without SSL epochs.
+    """
+    given = labels.cpu().numpy()
+    final_np = final.double().cpu().numpy()
+    if dynamics is None:
+        result = purification.find_label_issues(given, final_np)
+    else:
+        source = "held_out_probs" if params.purify.pred_probs == "held_out" else "probs"
+        averaged = (dynamics[source].astype(np.float64) + final_np) / 2.0
+        result = purification.find_label_issues(given, averaged, final_probs=final_np)
+        result.scores["dynamics_margin"] = dynamics["margin"].astype(np.float64)
+    result.scores["js_given"] = js_given(final, soft_labels, labels)
+    return result
 
 
 def summarise(
-    decision: np.ndarray,
-    new_labels: np.ndarray,
-    scores: dict[str, np.ndarray],
-    data: TrainingData,
+    result: purification.Purification, data: TrainingData, clean_prob: np.ndarray
 ) -> dict[str, Any]:
-    """Counts per class and decision and, where the truth is known, the detection metrics."""
+    """Counts per class and decision, the noise estimate and, where the truth is known, its error and the
+    detection metrics."""
+    decision, new_labels, scores = result.decision, result.new_labels, result.scores
     given = data.train_labels.cpu().numpy()
     classes = data.dataset.classes
+    estimate = result.noise
     summary: dict[str, Any] = {
         "n": len(decision),
         "decisions": {
@@ -101,25 +132,48 @@ def summarise(
             }
             for c in range(len(classes))
         },
+        "noise_estimate": {
+            "noise_rate": float(np.sum(estimate.noise_rates * estimate.label_counts) / max(len(given), 1)),
+            "noise_rates": dict(zip(classes, np.round(estimate.noise_rates, 6).tolist(), strict=True)),
+            "noise_matrix": np.round(estimate.noise_matrix, 6).tolist(),
+            "convention": "noise_matrix[i][j] = P(given label i | true class j); columns sum to 1",
+        },
     }
     if data.train_true_labels is None:
         return summary
     truth = data.train_true_labels.cpu().numpy()
     noisy = given != truth
+    injected = noise.noise_matrix(truth, given, len(classes))
+    summary["noise_estimate"]["injected_noise_matrix"] = np.round(injected, 6).tolist()
+    summary["noise_estimate"]["noise_matrix_mae"] = float(np.abs(estimate.noise_matrix - injected).mean())
     relabelled = decision == purification.RELABEL
     kept_or_relabelled = decision != purification.DROP
     summary["detection"] = {
         **metrics.detection(decision != purification.KEEP, noisy),
-        "auroc_clean_prob": metrics.auroc(1.0 - scores["clean_prob"], noisy),
+        "auroc": metrics.auroc(scores["noise_score"], noisy),
         "auroc_js": metrics.auroc(scores["js_given"], noisy),
+        "auroc_dynamics_margin": metrics.auroc(-scores["dynamics_margin"], noisy)
+        if "dynamics_margin" in scores
+        else None,
+        "auroc_clean_prob": metrics.auroc(1.0 - clean_prob, noisy) if clean_prob.size else None,
         "relabel_accuracy": float(np.mean(new_labels[relabelled] == truth[relabelled]))
         if relabelled.any()
         else None,
+        "noise_matrix_mae": summary["noise_estimate"]["noise_matrix_mae"],
         "noise_rate_before": float(noisy.mean()),
         "noise_rate_after": float(np.mean(new_labels[kept_or_relabelled] != truth[kept_or_relabelled])),
         "kept_fraction": float(kept_or_relabelled.mean()),
     }
     return summary
+
+
+def read_scores(directory: str | Path) -> dict[str, np.ndarray] | None:
+    """The arrays of a purify output's ``scores.npz``, or None when there is none."""
+    path = Path(directory) / "scores.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as arrays:
+        return {name: arrays[name] for name in arrays.files}
 
 
 def run(
@@ -131,20 +185,33 @@ def run(
     group_dir: str | Path,
     out_dir: str | Path,
 ) -> dict[str, Any]:
-    """Score and decide every training sample; write the manifest, labels.npz and summary.json."""
+    """Score and decide every training sample; write scores.npz, the manifest, labels.npz and summary.json."""
     device = resolve_device(params.runtime.device)
     data = TrainingData.load(dataset_dir, labels_dir, device)
-    networks = loop.load_networks(group_dir, params, data, device)
+    source = group_dir if params.purify.relabel_from == "group" else ssl_dir
+    networks = loop.load_networks(source, params, data, device)
     soft_labels = torch.from_numpy(np.load(Path(group_dir) / "soft_labels.npy"))
-    clean_prob = co_divide.read(ssl_dir, device)["clean_prob"]
-    scores = score(networks, soft_labels, clean_prob, data, params)
-    decision, new_labels = decide(scores, data.train_labels, params)
-    decision, new_labels = decision.cpu().numpy(), new_labels.cpu().numpy()
-    arrays = {name: value.cpu().numpy() for name, value in scores.items()}
-    summary = summarise(decision, new_labels, arrays, data)
+    partition = Path(ssl_dir) / "partition.npz"
+    clean_prob = np.load(partition)["clean_prob"].mean(axis=0) if partition.is_file() else np.empty(0)
+    final = final_probs(networks, data, params)
+    result = purify(data.train_labels, final, soft_labels, ssl_train.read_dynamics(ssl_dir), params)
+    summary = summarise(result, data, clean_prob)
+    arrays = {
+        "given_label": data.train_labels.cpu().numpy(),
+        "decision": result.decision,
+        "new_label": result.new_labels,
+        **result.scores,
+        "clean_prob": clean_prob if clean_prob.size else np.full(len(result.decision), np.nan),
+    }
+    arrays.setdefault("dynamics_margin", np.full(len(result.decision), np.nan))
     with atomic_dir(out_dir) as tmp:
-        write_csv(tmp / "manifest.csv", _header(data), _rows(decision, new_labels, arrays, data))
-        write_npz(tmp / "labels.npz", train_labels=new_labels.astype(np.int64), train_decision=decision)
+        write_npz(tmp / "scores.npz", **{name: arrays[name] for name in SCORE_FILE_FIELDS})
+        write_csv(tmp / "manifest.csv", _header(data), _rows(arrays, data))
+        write_npz(
+            tmp / "labels.npz",
+            train_labels=result.new_labels.astype(np.int64),
+            train_decision=result.decision,
+        )
         write_json(tmp / "summary.json", summary)
     return {"decisions": summary["decisions"], **summary.get("detection", {})}
 
@@ -153,27 +220,25 @@ def _header(data: TrainingData) -> list[str]:
     return [*MANIFEST_COLUMNS, *(["true_label"] if data.train_true_labels is not None else [])]
 
 
-def _rows(
-    decision: np.ndarray, new_labels: np.ndarray, scores: dict[str, np.ndarray], data: TrainingData
-) -> list[list[Any]]:
+def _rows(arrays: dict[str, np.ndarray], data: TrainingData) -> list[list[Any]]:
     classes = data.dataset.classes
     table = data.dataset.samples["train"]
-    given = data.train_labels.cpu().numpy()
     truth = None if data.train_true_labels is None else data.train_true_labels.cpu().numpy()
     rows = []
-    for i in range(len(decision)):
+    for i in range(len(arrays["decision"])):
+        new = arrays["new_label"][i]
         row = [
             table["id"][i],
             i,
             table["source"][i],
-            classes[given[i]],
-            purification.DECISION_NAMES[decision[i]],
-            classes[new_labels[i]] if new_labels[i] >= 0 else "",
-            f"{scores['clean_prob'][i]:.6f}",
-            f"{scores['js_given'][i]:.6f}",
-            classes[scores["predicted"][i]],
-            f"{scores['confidence'][i]:.6f}",
-            f"{scores['js_predicted'][i]:.6f}",
+            classes[arrays["given_label"][i]],
+            purification.DECISION_NAMES[arrays["decision"][i]],
+            classes[new] if new >= 0 else "",
+            f"{arrays['noise_score'][i]:.6f}",
+            classes[arrays["predicted"][i]],
+            f"{arrays['confidence'][i]:.6f}",
+            f"{arrays['js_given'][i]:.6f}",
+            f"{arrays['clean_prob'][i]:.6f}",
         ]
         if truth is not None:
             row.append(classes[truth[i]])

@@ -1,4 +1,4 @@
-"""Stage 8, `retrain`: SSSL (Lu & He, arXiv 2406.16966; ALGORITHMS.md §5), one deployable network trained
+"""Stage 8, `retrain`: SSSL (Lu & He, arXiv 2406.16966; docs/algorithms.md §5), one deployable network trained
 with synthetic neighbour samples and soft targets, on the purified labels or on the raw noisy ones.
 
 Schedule over `retrain.epochs` (0-based epoch e, lr from `loop.lr_at` over that budget):

@@ -4,8 +4,9 @@ Each epoch: co-divide both networks (the first SSL epoch reuses the `co_divide` 
 train network 1 by MixMatch on the partition from network 2's losses with network 2 frozen, then
 network 2 against the updated network 1. Every P-th epoch ((epoch + 1) % P == 0, global epoch count)
 is instead one plain CE epoch on the full noisy set for each network (SMR recalibration; P = 0 is plain
-DivideMix). Outputs ``net{1,2}.pt``, ``networks.json``, ``history.json`` and the final co-divide
-(``partition.npz``, ``histogram.json``, ``summary.json``) for `purify`.
+DivideMix). Outputs ``net{1,2}.pt``, ``networks.json``, ``history.json``, the final co-divide
+(``partition.npz``, ``histogram.json``, ``summary.json``) and ``dynamics.npz`` for `purify`: every
+fresh co-divide's predictions averaged over the epochs and both networks (`labelsieve.maths.dynamics`).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from labelsieve.atomic import atomic_dir, write_json
+from labelsieve.atomic import atomic_dir, write_json, write_npz
 from labelsieve.config import Params
 from labelsieve.engine import loop
 from labelsieve.engine.checkpoint import Checkpoint
@@ -25,6 +27,7 @@ from labelsieve.engine.device import autocast, resolve_device
 from labelsieve.engine.resident import TrainingData
 from labelsieve.errors import LabelsieveError
 from labelsieve.maths import mixmatch
+from labelsieve.maths.dynamics import TrainingDynamics
 from labelsieve.stages import co_divide
 
 
@@ -114,9 +117,14 @@ def progress_steps(steps: int, params: Params, desc: str) -> Any:
     return progress(range(steps), total=steps, desc=desc, mode=params.runtime.progress)
 
 
-def is_recalibration(epoch: int, period: int) -> bool:
-    """SMR: every P-th global epoch, (epoch + 1) % P == 0, is a plain CE epoch; P = 0 turns it off."""
-    return period > 0 and (epoch + 1) % period == 0
+def is_recalibration(epoch: int, period: int, *, step: int = 0, last_step: int | None = None) -> bool:
+    """SMR: every P-th global epoch, (epoch + 1) % P == 0, is a plain CE epoch; P = 0 turns it off.
+
+    `step` is the epoch's 0-based SSL step; from `last_step` on (when given) no epoch recalibrates, so a
+    short budget does not re-memorise the noisy labels just before the final division (docs/algorithms.md §9).
+    """
+    barred = last_step is not None and step >= last_step
+    return period > 0 and (epoch + 1) % period == 0 and not barred
 
 
 def run(
@@ -159,15 +167,21 @@ def run(
     )
     start, history = 0, []
     loss_history = [first["normalised"][k][None] for k in range(len(networks))]
+    dynamics = TrainingDynamics.create(len(data.train_labels), data.num_classes, device)
+    held_out = None  # (K, N): where each network trained on a guessed label, not ỹ, last epoch
     if (state := checkpoint.load()) is not None:
         start, history = loop.restore_training_state(state, networks, optimizers, generators)
         loss_history = [h.to(device) for h in state["loss_history"]]
+        dynamics = TrainingDynamics.from_state(state["dynamics"], device)
+        held_out = None if state["held_out"] is None else state["held_out"].to(device)
+    last_step = math.floor(cfg.recalibration_until * cfg.epochs + 1e-9)
     for step in range(start, cfg.epochs):
         epoch = params.warmup.epochs + step  # global epoch: the schedule spans warm-up + SSL
         record: dict[str, Any] = {"epoch": epoch}
         with loop.Timer() as timer:
-            if is_recalibration(epoch, cfg.recalibration_period):
+            if is_recalibration(epoch, cfg.recalibration_period, step=step, last_step=last_step):
                 record["kind"] = "recalibration"
+                held_out = None
                 record["loss"] = [
                     loop.supervised_epoch(
                         m,
@@ -185,7 +199,17 @@ def run(
                 ]
             else:
                 record["kind"] = "mixmatch"
-                split = _division(first if step == 0 else None, networks, data, params, epoch, loss_history)
+                split = _division(
+                    first if step == 0 else None,
+                    networks,
+                    data,
+                    params,
+                    epoch,
+                    loss_history,
+                    dynamics,
+                    held_out,
+                )
+                held_out = ~split["labeled"].flip(0)  # network k trained on the peer's labeled set
                 record["labeled_fraction"] = [float(m.float().mean()) for m in split["labeled"]]
                 quality = [co_divide.labeled_quality(m, data) for m in split["labeled"]]
                 if quality[0]:
@@ -215,15 +239,45 @@ def run(
         history.append(record)
         loop.log_epoch("ssl_train", record)
         state = loop.training_state(networks, optimizers, generators, step, history)
-        checkpoint.save({**state, "loss_history": [h.cpu() for h in loss_history]})
+        checkpoint.save(
+            {
+                **state,
+                "loss_history": [h.cpu() for h in loss_history],
+                "dynamics": dynamics.state(),
+                "held_out": None if held_out is None else held_out.cpu(),
+            }
+        )
     final = co_divide.divide(networks, data, params, tag="ssl_train_final", min_size=cfg.batch_size)
+    dynamics.add(final.probs, data.train_labels, held_out)
     with atomic_dir(out_dir) as tmp:
         loop.save_networks(tmp, networks, params, data)
         write_json(tmp / "history.json", history)
         co_divide.write(tmp, final, data)
+        write_dynamics(tmp / "dynamics.npz", dynamics)
     checkpoint.clear()
     best = loop.best_epoch(history)
     return {"epochs": cfg.epochs, **(history[-1] if history else {}), "best_val_epoch": best.get("epoch")}
+
+
+def write_dynamics(path: Path, dynamics: TrainingDynamics) -> None:
+    """``dynamics.npz``: the averages of `TrainingDynamics.means` (float32) and ``count``."""
+    means = {name: value.float().cpu().numpy() for name, value in dynamics.means().items()}
+    write_npz(path, **means, count=np.array(dynamics.count))
+
+
+def read_dynamics(directory: str | Path) -> dict[str, np.ndarray] | None:
+    """The arrays of an ssl_train output's ``dynamics.npz``, or None when it has none (no SSL stage)."""
+    path = Path(directory) / "dynamics.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as arrays:
+        return {name: arrays[name] for name in arrays.files}
+
+
+def history_window(past: torch.Tensor, history: int) -> torch.Tensor:
+    """The earlier epochs' normalised losses (H, N) that join this epoch's in a `co_divide.history`-epoch
+    average: the last history − 1 of them (DivideMix's 5 is this epoch and the 4 before it)."""
+    return past[-(history - 1) :] if history > 1 else past[:0]
 
 
 def _division(
@@ -233,15 +287,18 @@ def _division(
     params: Params,
     epoch: int,
     loss_history: list[torch.Tensor],
+    dynamics: TrainingDynamics,
+    held_out: torch.Tensor | None,
 ) -> dict[str, torch.Tensor]:
     """This epoch's co-divide: the co_divide stage's output for the first SSL epoch, else a fresh one.
 
-    Keeps `loss_history` (per network, the last `co_divide.history` normalised losses) up to date.
+    Keeps `loss_history` (per network, the last `co_divide.history` normalised losses) up to date, and
+    adds a fresh division's predictions to `dynamics`.
     """
     if first is not None:
         return first
     keep = params.co_divide.history
-    past = [h[-keep:] if keep else h[:0] for h in loss_history]
+    past = [history_window(h, keep) for h in loss_history]
     result = co_divide.divide(
         networks, data, params, tag=f"epoch{epoch}", history=past, min_size=params.ssl_train.batch_size
     )
@@ -249,4 +306,5 @@ def _division(
         torch.cat([h, now[None]])[-max(keep, 1) :]
         for h, now in zip(loss_history, result.normalised_now, strict=True)
     ]
+    dynamics.add(result.probs, data.train_labels, held_out)
     return {"clean_prob": result.clean_prob, "labeled": result.labeled}

@@ -444,3 +444,19 @@ def test_grip_loss_bad_inputs_raise() -> None:
         grip_loss(LOGITS, torch.tensor([0, 1]), torch.tensor([True]), S_LOSS)
     with pytest.raises(ValueError, match="w must"):
         grip_loss(LOGITS, torch.tensor([0, 1]), torch.tensor([True, True]), S_LOSS, w=1.5)
+
+
+def test_js_memory_threshold_equals_js_threshold_after_overwrites():
+    from labelsieve.maths.grip import JsMemory
+
+    g = torch.Generator().manual_seed(0)
+    memory = JsMemory.create(50)
+    assert memory.threshold() == math.inf
+    for _ in range(6):  # batches that overwrite earlier entries
+        idx = torch.randperm(50, generator=g)[:17]
+        memory.write(idx, torch.rand(17, generator=g))
+        for alpha in (0.0, 0.5, 2.0):
+            assert memory.threshold(alpha) == pytest.approx(
+                js_threshold(memory.values, alpha=alpha), rel=1e-9
+            )
+    assert int(memory.sums[0]) == int(torch.isfinite(memory.values).sum())

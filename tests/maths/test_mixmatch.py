@@ -179,7 +179,7 @@ def test_mixmatch_losses_hand_computed_skewed_prior() -> None:
 
 
 def numpy_mixmatch_reference(logits: np.ndarray, targets: np.ndarray, n_x: int) -> dict[str, float]:
-    """Plain float64 re-statement of ALGORITHMS.md §2.2, row by row."""
+    """Plain float64 re-statement of docs/algorithms.md §2.2, row by row."""
     rows, c = logits.shape
     probs = np.empty_like(logits)
     for i in range(rows):

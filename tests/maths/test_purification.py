@@ -1,69 +1,93 @@
-import torch
+"""The purify rule (`labelsieve.maths.purification`): hand-computed cases and a float64 reference."""
 
+import numpy as np
+import pytest
+
+import labelsieve
 from labelsieve.maths import chunks
-from labelsieve.maths.grip import js_divergence
-from labelsieve.maths.purification import DROP, KEEP, RELABEL, SCORE_NAMES, decide, sample_scores
+from labelsieve.maths.purification import (
+    DROP,
+    KEEP,
+    RELABEL,
+    find_label_issues,
+    flag_top,
+    kept_confidence,
+    margins,
+)
 
 
-def test_decide_three_way_on_hand_made_scores():
-    labels = torch.tensor([0, 1, 2, 3, 1, 2])
-    clean = torch.tensor([0.9, 0.5, 0.2, 0.1, 0.3, 0.4])
-    predicted = torch.tensor([1, 0, 0, 0, 1, 1])
-    confidence = torch.tensor([0.2, 0.2, 0.95, 0.95, 0.9, 0.5])
-    js = torch.tensor([0.5, 0.5, 0.01, 0.2, 0.01, 0.03])
-    decision, new = decide(labels, clean, predicted, confidence, js, keep_threshold=0.5, relabel_max_js=0.04)
-    # 0, 1: clean enough (>= 0.5 inclusive); 2: flagged, typical of class 0 -> relabel; 3: JS too far -> drop;
-    # 4: flagged but the prediction equals the given label -> drop; 5: flagged, typical of class 1 -> relabel.
-    assert decision.tolist() == [KEEP, KEEP, RELABEL, DROP, DROP, RELABEL]
-    assert new.tolist() == [0, 1, 0, -1, -1, 1]
+def test_hand_case_counts_ranking_and_relabels():
+    # t = (0.55, 0.6); confident classes: 0, 1, 1, 1, 0 -> joint [[1, 1], [1, 2]] -> rates (1/2, 1/3)
+    # -> one flag per class: the lowest margin of each (samples 1 and 4). The kept members' confidence is
+    # 0.9 for class 0 (sample 0) and 0.8 for class 1 (samples 2, 3): sample 1's 0.8 for class 1 is as
+    # sure as that, so it is relabelled; sample 4's 0.8 for class 0 is not, so it is dropped.
+    labels = np.array([0, 0, 1, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.3, 0.7], [0.8, 0.2]])
+    result = find_label_issues(labels, probs)
+    np.testing.assert_allclose(result.noise.noise_rates, [0.5, 1 / 3])
+    assert result.decision.tolist() == [KEEP, RELABEL, KEEP, KEEP, DROP]
+    assert result.new_labels.tolist() == [0, 1, 1, 1, -1]
+    np.testing.assert_allclose(result.scores["noise_score"], [-0.8, 0.6, -0.8, -0.4, 0.6])
+    np.testing.assert_allclose(kept_confidence(probs, labels, result.decision == KEEP), [0.9, 0.8])
+    assert labelsieve.find_label_issues is find_label_issues  # the package's API is the stage's rule
 
 
-def test_decide_confidence_gate_when_asked():
-    labels, clean = torch.tensor([0, 0]), torch.tensor([0.0, 0.0])
-    predicted, js = torch.tensor([1, 1]), torch.tensor([0.0, 0.0])
-    confidence = torch.tensor([0.95, 0.5])
-    decision, _ = decide(labels, clean, predicted, confidence, js, relabel_confidence=0.9)
-    assert decision.tolist() == [RELABEL, DROP]
+def test_flagged_sample_is_dropped_when_its_prediction_is_its_label_or_unsure():
+    labels = np.array([0, 0, 1, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.3, 0.7], [0.8, 0.2]])
+    # The final model still predicts 0 for sample 1 (its label) and is unsure about sample 4 (0.56 for
+    # class 0 against 0.9 for the kept sample 0); sample 4 goes to class 0 at 0.95 in the second case.
+    final = probs.copy()
+    final[1] = [0.6, 0.4]
+    final[4] = [0.56, 0.44]
+    result = find_label_issues(labels, probs, final_probs=final)
+    assert result.decision.tolist() == [KEEP, DROP, KEEP, KEEP, DROP]
+    assert result.new_labels.tolist() == [0, -1, 1, 1, -1]
+    final[4] = [0.95, 0.05]
+    assert find_label_issues(labels, probs, final_probs=final).decision.tolist()[4] == RELABEL
 
 
-def random_outputs(n: int, num_networks: int = 2, num_classes: int = 5, seed: int = 0):
-    """Seeded stand-ins: softmax (K, N, C), soft labels (K, C, C), clean probability (K, N), labels (N,)."""
-    gen = torch.Generator().manual_seed(seed)
-    probs = torch.randn(num_networks, n, num_classes, generator=gen, dtype=torch.float64).mul(3).softmax(-1)
-    soft = torch.rand(num_networks, num_classes, num_classes, generator=gen, dtype=torch.float64).softmax(-1)
-    clean = torch.rand(num_networks, n, generator=gen, dtype=torch.float64)
-    return probs, soft, clean, torch.randint(num_classes, (n,), generator=gen)
+def test_a_class_estimated_clean_has_nothing_flagged():
+    rng = np.random.default_rng(0)
+    n = 600
+    labels = np.repeat([0, 1, 2], n // 3)
+    probs = np.full((n, 3), 0.05)
+    probs[np.arange(n), labels] = 0.9
+    # Class 2 is clean, but some of its samples are far less confident than others (a hard class).
+    probs[labels == 2] = np.column_stack([np.full(200, 0.2), np.full(200, 0.2), np.full(200, 0.6)])
+    probs[np.flatnonzero(labels == 2)[:50]] = [0.3, 0.3, 0.4]
+    # Class 1 carries 40 samples of class 0.
+    wrong = np.flatnonzero(labels == 1)[rng.permutation(200)[:40]]
+    probs[wrong] = [0.9, 0.05, 0.05]
+    result = find_label_issues(labels, probs)
+    assert result.noise.noise_rates[2] == 0.0 and result.noise.noise_rates[0] == 0.0
+    assert not (result.decision[labels != 1] != KEEP).any()
+    assert set(np.flatnonzero(result.decision != KEEP)) == set(wrong)
+    assert (result.new_labels[wrong] == 0).all()
 
 
-def test_sample_scores_are_the_ensemble_scores():
-    probs, soft_labels, clean, labels = random_outputs(300)
-    scores = sample_scores(probs, soft_labels, clean, labels)
-    mean_probs = probs.mean(dim=0)
-    soft = soft_labels.mean(dim=0)
-    soft = soft / soft.sum(dim=1, keepdim=True)
-    confidence, predicted = mean_probs.max(dim=1)
-    assert list(scores) == list(SCORE_NAMES)
-    torch.testing.assert_close(scores["clean_prob"], clean.mean(dim=0))
-    torch.testing.assert_close(scores["confidence"], confidence)
-    assert torch.equal(scores["predicted"], predicted)
-    torch.testing.assert_close(scores["js_given"], js_divergence(mean_probs, soft[labels]))
-    torch.testing.assert_close(scores["js_predicted"], js_divergence(mean_probs, soft[predicted]))
+def test_margins_match_a_float64_reference_across_chunks():
+    rng = np.random.default_rng(1)
+    n, c = chunks.CHUNK_VALUES // 4 + 7, 4  # more than one chunk
+    probs = rng.dirichlet(np.ones(c), size=n).astype(np.float32)
+    labels = rng.integers(0, c, n)
+    p = probs.astype(np.float64)
+    own = p[np.arange(n), labels]
+    other = np.where(np.eye(c, dtype=bool)[labels], -np.inf, p).max(axis=1)
+    np.testing.assert_allclose(margins(labels, probs), own - other, rtol=0, atol=1e-12)
 
 
-def test_sample_scores_and_decide_chunked_equal_unchunked(monkeypatch):
-    # N = 4321 rows of C = 5: chunks of 200 rows for the scores, of 1000 samples for the decision.
-    probs, soft_labels, clean, labels = random_outputs(4321, seed=1)
+def test_flag_top_takes_the_highest_scores_per_class_with_ties_by_index():
+    labels = np.array([1, 0, 1, 0, 1, 1])
+    score = np.array([0.5, 0.9, 0.7, 0.1, 0.7, 0.2])
+    flagged = flag_top(score, labels, np.array([1, 2]))
+    assert np.flatnonzero(flagged).tolist() == [1, 2, 4]  # class 0: index 1; class 1: the 0.7 tie, both
 
-    def run():
-        scores = sample_scores(probs, soft_labels, clean, labels)
-        by_name = (scores[name] for name in ("clean_prob", "predicted", "confidence", "js_predicted"))
-        return scores, decide(labels, *by_name, keep_threshold=0.5, relabel_max_js=0.2)
 
-    whole_scores, (whole_decision, whole_labels) = run()
-    assert (whole_decision == RELABEL).any() and (whole_decision == DROP).any()  # every branch is taken
-    monkeypatch.setattr(chunks, "CHUNK_VALUES", 1000)
-    scores, (decision, new_labels) = run()
-    for name in SCORE_NAMES:
-        torch.testing.assert_close(scores[name], whole_scores[name], rtol=1e-12, atol=0)
-    assert torch.equal(decision, whole_decision) and torch.equal(new_labels, whole_labels)
-    assert decision.dtype == torch.int8 and new_labels.dtype == torch.int64
+def test_bad_shapes_are_refused():
+    with pytest.raises(ValueError, match="probs must be"):
+        find_label_issues(np.array([0, 1]), np.ones((3, 2)) / 2)
+    with pytest.raises(ValueError, match="final_probs"):
+        find_label_issues(np.array([0, 1]), np.ones((2, 2)) / 2, final_probs=np.ones((2, 3)) / 3)
+    with pytest.raises(ValueError, match="labels must lie"):
+        find_label_issues(np.array([0, 2]), np.ones((2, 2)) / 2)

@@ -88,7 +88,7 @@ def test_flat_metrics_are_numbers_only_without_nan_or_none():
         "precision": 0.9,
         "recall": 0.8,
         "f1": 0.85,
-        "auroc_clean_prob": 0.95,
+        "auroc": 0.95,
         "relabel_accuracy": None,
     }
     flat = evaluate.flat_metrics("warmup", stages, test, detection, 0.45)
@@ -127,10 +127,31 @@ def test_gmm_counts_use_the_clean_flags_of_per_class_fits():
     assert counts["gmm_noisy"].sum() == pytest.approx((0.2 + 0.1) * 1000, rel=1e-3)
 
 
-def test_suspicious_orders_by_clean_probability_then_js_then_index():
-    scores = [("0.9", "0.1"), ("0.0", "0.2"), ("0.5", "0.3"), ("0.0", "0.4"), ("0.0", "0.2")]
-    rows = [{"index": str(i), "clean_prob": p, "js_given": js} for i, (p, js) in enumerate(scores)]
-    assert [r["index"] for r in evaluate.suspicious(rows, 4)] == ["3", "1", "4", "2"]
+def test_gallery_spreads_over_decisions_and_classes_highest_noise_first():
+    def row(i, decision, label, score):
+        return {"index": str(i), "decision": decision, "given_label": label, "noise_score": str(score)}
+
+    rows = [
+        row(0, "relabel", "a", 0.9),
+        row(1, "relabel", "a", 0.8),
+        row(2, "relabel", "b", 0.5),
+        row(3, "drop", "b", 0.7),
+        row(4, "keep", "a", -0.1),
+        row(5, "keep", "b", -0.1),
+        row(6, "keep", "a", -0.9),
+        row(7, "keep", "b", 0.2),
+    ]
+    chosen = evaluate.gallery_rows(rows, 6)
+    # relabel: 2 (class a's best, then class b's best); drop: only 1, so borderline gets 3: the kept
+    # samples with the highest noise score, classes taking turns, ties by index.
+    assert [(r["group"], r["index"]) for r in chosen] == [
+        ("relabel", "0"),
+        ("relabel", "2"),
+        ("drop", "3"),
+        ("borderline", "7"),
+        ("borderline", "4"),
+        ("borderline", "5"),
+    ]
 
 
 # --------------------------------------------------------------------------- the stage on digits
@@ -165,10 +186,7 @@ def test_evaluate_digits_figures_agree_with_the_histories_and_purify(digits_run)
     best = max(history, key=lambda h: h["val_acc"])
     assert metrics["test_acc_best_val_epoch"] == pytest.approx(best["test_acc"])
     detection = json.loads((root / "purified" / "summary.json").read_text())["detection"]
-    assert (
-        metrics["detection.f1"] == detection["f1"]
-        and metrics["detection.auroc"] == detection["auroc_clean_prob"]
-    )
+    assert metrics["detection.f1"] == detection["f1"] and metrics["detection.auroc"] == detection["auroc"]
     noise = json.loads((root / "labels" / "noise.json").read_text())
     assert metrics["noise_rate_actual"] == noise["train"]["actual_noise_rate"]
     evaluation = json.loads((out / "evaluation.json").read_text())
@@ -192,7 +210,10 @@ def test_evaluate_digits_figures_agree_with_the_histories_and_purify(digits_run)
         "loss_histogram.png",
         "confusion.png",
         "roc.png",
+        "noise_matrix.png",
     }
+    estimate = evaluation["purify"]["noise_estimate"]
+    assert len(estimate["noise_matrix"]) == len(estimate["injected_noise_matrix"]) == 10
 
 
 @pytest.mark.integration
@@ -239,14 +260,14 @@ def test_report_html_is_self_contained(digits_run):
     parser = _Collector()
     parser.feed(text)
     images = [attrs for tag, attrs in parser.tags if tag == "img"]
-    assert len(images) == 4 + 12  # the four figures and the gallery
+    assert len(images) == 5 + 12  # the five figures and the gallery
     for attrs in images:
         assert attrs["src"].startswith("data:image/png;base64,")
         Image.open(io.BytesIO(base64.b64decode(attrs["src"].split(",", 1)[1]))).verify()
     for tag, attrs in parser.tags:
         assert "href" not in attrs and (tag == "img" or "src" not in attrs), (tag, attrs)
         assert tag not in ("link", "script", "iframe", "object", "embed")
-    assert "keep_threshold" in text  # the resolved params are in it
+    assert "relabel_from" in text  # the resolved params are in it
 
 
 @pytest.mark.integration
@@ -280,10 +301,10 @@ def test_report_html_renders_in_headless_chromium(digits_run, tmp_path):
     parser = _Collector()
     parser.feed(dom)
     images = [attrs for tag, attrs in parser.tags if tag == "img"]
-    assert len(images) == 16 and all(a["src"].startswith("data:image/png;base64,") for a in images)
+    assert len(images) == 17 and all(a["src"].startswith("data:image/png;base64,") for a in images)
     widths = [int(a["data-natural-width"]) for a in images]
     assert all(w > 0 for w in widths)  # every image decoded (a broken one has naturalWidth 0)
-    assert widths[4:] == [64] * 12  # the gallery thumbnails at evaluate.thumbnail_px
+    assert widths[5:] == [64] * 12  # the gallery thumbnails at evaluate.thumbnail_px
     shot = tmp_path / "shot.png"
     subprocess.run(
         [*flags, f"--screenshot={shot}", "--window-size=1200,2000", f"file://{report}"],

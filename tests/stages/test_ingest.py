@@ -9,6 +9,7 @@ from PIL import Image
 
 from labelsieve.data import idx, images, sources
 from labelsieve.data.store import load_dataset
+from labelsieve.predict import list_inputs
 from labelsieve.stages import ingest
 from tests.conftest import encode, random_png
 
@@ -178,15 +179,84 @@ def test_ingest_manifest_jsonl_reports_malformed_lines(tmp_path, make_params):
     assert summary["train"] + summary["test"] == 6
 
 
-def test_ingest_empty_class_is_a_clear_error_and_leaves_nothing(tmp_path, make_params, image_folder):
+def test_ingest_strict_classes_makes_an_empty_class_a_clear_error_and_leaves_nothing(
+    tmp_path, make_params, image_folder
+):
     root = image_folder({"full": 3, "hollow": 0})
     (root / "hollow" / "broken.png").write_bytes(b"")
     out = tmp_path / "ds"
-    with pytest.raises(ingest.IngestError, match=r"class\(es\) 'hollow' with no usable training image"):
-        ingest.run(_folder_params(make_params, root), out_dir=out)
+    with pytest.raises(ingest.IngestError, match=r"class\(es\) 'hollow' \(0 usable\) of source .*strict"):
+        ingest.run(_folder_params(make_params, root, "ingest.strict_classes=true"), out_dir=out)
     assert not out.exists()
     failed = json.loads((tmp_path / "ds.failed_ingest_report.json").read_text())
     assert failed["skipped_counts"] == {images.EMPTY_FILE: 1}
+    assert failed["dropped_classes"] == [
+        {"class": "hollow", "usable": 0, "skipped_counts": {images.EMPTY_FILE: 1}}
+    ]
+
+
+def test_ingest_empty_keyword_folder_is_dropped_with_a_warning_and_the_rest_kept(
+    tmp_path, make_params, image_folder
+):
+    root = image_folder({"cat": 6, "dog": 6, "hollow": 0, "junk": 0})
+    (root / "junk" / "broken.png").write_bytes(b"")
+    out = tmp_path / "ds"
+    with pytest.warns(UserWarning, match=r"'hollow' \(0 usable\), 'junk' \(0 usable\)"):
+        summary = ingest.run(_folder_params(make_params, root), out_dir=out)
+    assert load_dataset(out).classes == ["cat", "dog"]
+    assert summary["train"] + summary["val"] + summary["test"] == 12
+    assert summary["dropped_classes"] == ["hollow", "junk"]
+    assert _report(out)["dropped_classes"] == [
+        {"class": "hollow", "usable": 0, "skipped_counts": {}},
+        {"class": "junk", "usable": 0, "skipped_counts": {images.EMPTY_FILE: 1}},
+    ]
+
+
+def test_ingest_mistyped_manifest_labels_are_dropped_and_reported(tmp_path, make_params):
+    root = tmp_path / "crawl"
+    root.mkdir()
+    rows = []
+    for i in range(12):
+        (root / f"{i}.png").write_bytes(random_png(i))
+        rows.append((f"{i}.png", ["ant", "bee"][i % 2], "test" if i >= 8 else "train"))
+    (root / "typo1.png").write_bytes(random_png(100))
+    (root / "typo2.png").write_bytes(random_png(101))
+    rows += [("typo1.png", "bea", "train"), ("typo2.png", "aant", "test")]  # "aant" has no train sample
+    manifest = root / "manifest.csv"
+    with open(manifest, "w", newline="") as handle:
+        csv.writer(handle).writerows([("path", "label", "split"), *rows])
+    out = tmp_path / "ds"
+    params = make_params(f"ingest.source={manifest}", "data.image_size=8", "ingest.val_fraction=0")
+    with pytest.warns(UserWarning, match=r"'aant' \(0 usable\), 'bea' \(1 usable\)"):
+        summary = ingest.run(params, out_dir=out)
+    ds = load_dataset(out)
+    assert ds.classes == ["ant", "bee"]
+    assert (summary["train"], summary["test"]) == (8, 4)
+    report = _report(out)
+    assert report["skipped_counts"] == {ingest.SMALL_CLASS: 2}
+    assert sorted(item["source"] for item in report["skipped"]) == ["typo1.png", "typo2.png"]
+    assert [d["class"] for d in report["dropped_classes"]] == ["aant", "bea"]
+    with pytest.raises(ingest.IngestError, match=r"'aant' \(0 usable\), 'bea' \(1 usable\)"):
+        ingest.run(
+            make_params(f"ingest.source={manifest}", "data.image_size=8", "ingest.strict_classes=true"),
+            out_dir=tmp_path / "strict",
+        )
+    assert not (tmp_path / "strict").exists()
+
+
+def test_ingest_and_predict_read_a_manifest_saved_with_a_utf8_bom(tmp_path, make_params):
+    root = tmp_path / "crawl"
+    root.mkdir()
+    lines = ["path,label"]
+    for i in range(6):
+        (root / f"{i}.png").write_bytes(random_png(i))
+        lines.append(f"{i}.png,{'ab'[i % 2]}")
+    manifest = root / "excel.csv"
+    manifest.write_bytes("\r\n".join(lines).encode("utf-8-sig"))  # Excel's "CSV UTF-8"
+    params = make_params(f"ingest.source={manifest}", "data.image_size=8", "ingest.val_fraction=0")
+    summary = ingest.run(params, out_dir=tmp_path / "ds")
+    assert summary["train"] + summary["test"] == 6 and summary["skipped"] == 0
+    assert [entry.name for entry in list_inputs([manifest])] == [f"{i}.png" for i in range(6)]
 
 
 def test_ingest_all_bad_is_a_clear_error_naming_the_source(tmp_path, make_params):

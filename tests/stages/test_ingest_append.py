@@ -47,9 +47,10 @@ def test_ingest_append_keeps_old_rows_and_skips_stored_images(tmp_path, make_par
     }
     again = {("cat", "copy_of_train"): 100 * 0 + 0, ("dog", "copy_of_other"): 100 * 1 + 5}  # already stored
     second = _crawl(tmp_path / "crawl2", {**new_files, **again})
-    summary = ingest.run(
-        _params(make_params, second, f"ingest.append_to={tmp_path / 'ds'}"), out_dir=tmp_path / "ds"
-    )
+    with pytest.warns(UserWarning, match="lacks: 'eel'"):
+        summary = ingest.run(
+            _params(make_params, second, f"ingest.append_to={tmp_path / 'ds'}"), out_dir=tmp_path / "ds"
+        )
 
     after = load_dataset(tmp_path / "ds")
     assert after.classes == ["cat", "dog", "eel"]  # old indices kept; the new class goes last
@@ -101,3 +102,36 @@ def test_ingest_append_refuses_other_image_size(tmp_path, make_params):
     params = _params(make_params, base, f"ingest.append_to={tmp_path / 'ds'}", "data.image_size=16")
     with pytest.raises(ingest.IngestError, match="8 px with 1 channel"):
         ingest.run(params, out_dir=tmp_path / "other")
+
+
+def _renamed_crawl(tmp_path, make_params):
+    """A dataset of classes cat and dog, and a second crawl whose folders are Cat, Dog and dog."""
+    old_files = {(c, f"o{i}"): 100 * k + i for k, c in enumerate(("cat", "dog")) for i in range(6)}
+    ingest.run(_params(make_params, _crawl(tmp_path / "crawl1", old_files)), out_dir=tmp_path / "ds")
+    new_files = {
+        (c, f"n{i}"): 1000 + 100 * k + i for k, c in enumerate(("Cat", "Dog", "dog")) for i in range(4)
+    }
+    return _crawl(tmp_path / "crawl2", new_files)
+
+
+def test_ingest_append_with_other_folder_names_warns_naming_the_new_classes(tmp_path, make_params):
+    second = _renamed_crawl(tmp_path, make_params)
+    params = _params(make_params, second, f"ingest.append_to={tmp_path / 'ds'}")
+    with pytest.warns(UserWarning, match=r"adds 2 class\(es\) .* 'Cat', 'Dog' .*from 2 to 4 classes"):
+        summary = ingest.run(params, out_dir=tmp_path / "ds")
+    assert summary["new_classes"] == ["Cat", "Dog"]
+    assert load_dataset(tmp_path / "ds").classes == ["cat", "dog", "Cat", "Dog"]
+    report = json.loads((tmp_path / "ds" / "ingest_report.json").read_text())
+    assert report["new_classes"] == ["Cat", "Dog"]
+
+
+def test_ingest_append_strict_classes_refuses_new_classes_and_keeps_the_dataset(tmp_path, make_params):
+    second = _renamed_crawl(tmp_path, make_params)
+    before = (tmp_path / "ds" / "samples.csv").read_text()
+    params = _params(make_params, second, f"ingest.append_to={tmp_path / 'ds'}", "ingest.strict_classes=true")
+    with pytest.raises(
+        ingest.IngestError, match=r"adds 2 class\(es\) that ingest.append_to .* lacks: 'Cat', 'Dog'"
+    ):
+        ingest.run(params, out_dir=tmp_path / "ds")
+    assert (tmp_path / "ds" / "samples.csv").read_text() == before
+    assert load_dataset(tmp_path / "ds").classes == ["cat", "dog"]

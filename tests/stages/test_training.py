@@ -201,6 +201,16 @@ def test_ssl_train_refuses_a_single_warmed_network(data_dirs, tmp_path):
 def test_is_recalibration_every_p_th_global_epoch():
     assert [e for e in range(15) if ssl_train.is_recalibration(e, 6)] == [5, 11]
     assert not any(ssl_train.is_recalibration(e, 0) for e in range(50))
+    # The CPU profile: 3 warm-up + 12 SSL epochs, none in the last third (SSL steps 8..11).
+    chosen = [e for e in range(3, 15) if ssl_train.is_recalibration(e, 6, step=e - 3, last_step=8)]
+    assert chosen == [5]
+
+
+def test_history_window_averages_exactly_history_epochs_with_this_one():
+    past = torch.arange(12.0).reshape(6, 2)  # six earlier epochs of two samples
+    assert ssl_train.history_window(past, 5).tolist() == past[-4:].tolist()  # + this epoch = 5
+    assert len(ssl_train.history_window(past, 1)) == 0 and len(ssl_train.history_window(past, 0)) == 0
+    assert len(ssl_train.history_window(past[:2], 5)) == 2  # fewer epochs so far: all of them
 
 
 def _two_class_losses() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
