@@ -2,7 +2,7 @@
 #
 #   docker build -t labelsieve:latest .
 #   docker tag labelsieve:latest REGISTRY/labelsieve:TAG && docker push REGISTRY/labelsieve:TAG
-#   labelsieve pipeline compile --image REGISTRY/labelsieve:TAG
+#   labelsieve pipeline compile --image REGISTRY/labelsieve:TAG --output PATH
 #
 # CUDA comes from NVIDIA's runtime image; PyTorch and every other dependency come from uv.lock, exactly as
 # in development (the locked torch wheels are the CUDA 13 builds). Kubeflow replaces the entrypoint with

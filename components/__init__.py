@@ -1,7 +1,8 @@
 """One Kubeflow lightweight component per registered stage, keyed like `labelsieve.stages.STAGES`.
 
-Each takes the params (`params_yaml`, `presets`, `overrides`), one typed input artifact per stage input
-(named like the stage's run() keyword) and writes `out` (Dataset or Model) and `metrics`.
+Each takes `params_yaml` (only the params its stage reads: `labelsieve.runner.stage_params_text`) and one
+typed input artifact per stage input (named like the stage's run() keyword), and writes `out` (Dataset or
+Model) and `metrics`.
 """
 
 from components.co_divide import co_divide

@@ -13,8 +13,6 @@ from components.image import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def evaluate(
     params_yaml: str,
-    presets: list[str],
-    overrides: list[str],
     dataset_dir: Input[Dataset],
     labels_dir: Input[Dataset],
     warmup_dir: Input[Model],
@@ -29,13 +27,11 @@ def evaluate(
     report: Output[HTML],
 ):
     """Run `evaluate`; `out` holds metrics.json, plots/ and figures/; `report` is report.html."""
-    from labelsieve.pipeline import publish_evaluation, run_stage
+    from labelsieve.runner import publish_evaluation, run_stage
 
     run_stage(
         "evaluate",
         params_yaml,
-        presets,
-        overrides,
         metrics,
         out_dir=out.path,
         dataset_dir=dataset_dir.path,

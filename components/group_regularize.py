@@ -13,8 +13,6 @@ from components.image import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def group_regularize(
     params_yaml: str,
-    presets: list[str],
-    overrides: list[str],
     dataset_dir: Input[Dataset],
     labels_dir: Input[Dataset],
     networks_dir: Input[Model],
@@ -22,13 +20,11 @@ def group_regularize(
     metrics: Output[Metrics],
 ):
     """Run `group_regularize`; `out` is its output directory, `metrics` its numeric headline figures."""
-    from labelsieve.pipeline import run_stage
+    from labelsieve.runner import run_stage
 
     run_stage(
         "group_regularize",
         params_yaml,
-        presets,
-        overrides,
         metrics,
         out_dir=out.path,
         dataset_dir=dataset_dir.path,

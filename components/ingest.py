@@ -1,7 +1,8 @@
 """Kubeflow component for stage 1, `ingest`:
-read the source named by `ingest.source` into the dataset store.
+read the source named by `ingest.source`, or the new crawls under `crawl_root`, into the dataset store.
 
-A thin adapter: artifact paths in, the registered stage's `run()`, artifacts out.
+A thin adapter: artifact paths in, the registered stage's `run()`, artifacts out. Never cached: the
+crawls under `crawl_root` change while its inputs do not.
 """
 
 from kfp import dsl
@@ -13,19 +14,14 @@ from components.image import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def ingest(
     params_yaml: str,
-    presets: list[str],
-    overrides: list[str],
+    crawl_root: str,
     out: Output[Dataset],
     metrics: Output[Metrics],
-):
-    """Run `ingest`; `out` is its output directory, `metrics` its numeric headline figures."""
-    from labelsieve.pipeline import run_stage
+) -> str:
+    """Run `ingest`; returns has_new: "false" when `crawl_root` holds no crawl the dataset lacks.
 
-    run_stage(
-        "ingest",
-        params_yaml,
-        presets,
-        overrides,
-        metrics,
-        out_dir=out.path,
-    )
+    (The return value, not a named output: kfp's local runner resolves only `Output` in conditions.)
+    """
+    from labelsieve.runner import run_ingest
+
+    return "true" if run_ingest(params_yaml, crawl_root, metrics, out_dir=out.path) else "false"

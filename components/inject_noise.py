@@ -13,20 +13,16 @@ from components.image import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def inject_noise(
     params_yaml: str,
-    presets: list[str],
-    overrides: list[str],
     dataset_dir: Input[Dataset],
     out: Output[Dataset],
     metrics: Output[Metrics],
 ):
     """Run `inject_noise`; `out` is its output directory, `metrics` its numeric headline figures."""
-    from labelsieve.pipeline import run_stage
+    from labelsieve.runner import run_stage
 
     run_stage(
         "inject_noise",
         params_yaml,
-        presets,
-        overrides,
         metrics,
         out_dir=out.path,
         dataset_dir=dataset_dir.path,

@@ -13,8 +13,6 @@ from components.image import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def purify(
     params_yaml: str,
-    presets: list[str],
-    overrides: list[str],
     dataset_dir: Input[Dataset],
     labels_dir: Input[Dataset],
     ssl_dir: Input[Model],
@@ -23,13 +21,11 @@ def purify(
     metrics: Output[Metrics],
 ):
     """Run `purify`; `out` is its output directory, `metrics` its numeric headline figures."""
-    from labelsieve.pipeline import run_stage
+    from labelsieve.runner import run_stage
 
     run_stage(
         "purify",
         params_yaml,
-        presets,
-        overrides,
         metrics,
         out_dir=out.path,
         dataset_dir=dataset_dir.path,

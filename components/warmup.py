@@ -13,21 +13,17 @@ from components.image import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def warmup(
     params_yaml: str,
-    presets: list[str],
-    overrides: list[str],
     dataset_dir: Input[Dataset],
     labels_dir: Input[Dataset],
     out: Output[Model],
     metrics: Output[Metrics],
 ):
     """Run `warmup`; `out` is its output directory, `metrics` its numeric headline figures."""
-    from labelsieve.pipeline import run_stage
+    from labelsieve.runner import run_stage
 
     run_stage(
         "warmup",
         params_yaml,
-        presets,
-        overrides,
         metrics,
         out_dir=out.path,
         dataset_dir=dataset_dir.path,

@@ -265,8 +265,14 @@ def write_csv(path: str | os.PathLike[str], header: Sequence[str], rows: Sequenc
 
 
 def save_torch(path: str | os.PathLike[str], obj: dict[str, Any]) -> None:
-    """Save a state dict (tensors and plain containers only) atomically with `torch.save`."""
+    """Save a state dict (tensors and plain containers only) atomically with `torch.save`.
+
+    The archive is built in memory: saved to a file, torch names the zip records after the file (here a
+    random temporary name), so the same weights would give different bytes and a different DVC hash.
+    From a buffer every record is ``archive/...``, and equal state dicts give equal files.
+    """
     import torch  # here, so that importing this module (e.g. by the CLI) does not load torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes(path, buffer.getvalue())

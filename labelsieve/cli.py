@@ -20,6 +20,8 @@ from labelsieve.errors import LabelsieveError
 from labelsieve.pipeline_cli import add_pipeline_command, run_pipeline_command
 from labelsieve.stages import STAGES, Stage, producer
 
+METRICS_DIR = "metrics"  # where `labelsieve run` has evaluate write the git-tracked metrics and plot data
+
 
 def first_paragraph(doc: str) -> str:
     """The first paragraph of a docstring as one line, so a wrapped first sentence stays whole."""
@@ -80,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
                 help="input directory (default: %(default)s)",
             )
         sub.add_argument("--out-dir", default=stage.out_dir, help="output directory (default: %(default)s)")
+        if stage.name == "evaluate":
+            sub.add_argument(
+                "--metrics-dir",
+                help="also write metrics.json, plots/ and timings.json here (dvc.yaml: metrics, git-tracked)",
+            )
         sub.set_defaults(stage=stage.name)
     _add_predict(commands)
     _add_export(commands)
@@ -111,7 +118,8 @@ def _run(args: argparse.Namespace) -> int:
         params = _params(args)
         for stage in STAGES.values():
             print(f"labelsieve run: {stage.name} -> {stage.out_dir}", file=sys.stderr, flush=True)
-            summary = stage.run(params, **stage.inputs, out_dir=stage.out_dir)
+            extra = {"metrics_dir": METRICS_DIR} if stage.name == "evaluate" else {}
+            summary = stage.run(params, **stage.inputs, out_dir=stage.out_dir, **extra)
     except (LabelsieveError, FileNotFoundError) as err:
         print(f"labelsieve run: error: {err}", file=sys.stderr)
         return 2
@@ -246,7 +254,8 @@ def _command(args: argparse.Namespace) -> int:
         return 2
     try:
         params = _params(args)
-        summary = stage.run(params, **inputs, out_dir=args.out_dir)
+        extra = {"metrics_dir": args.metrics_dir} if getattr(args, "metrics_dir", None) else {}
+        summary = stage.run(params, **inputs, out_dir=args.out_dir, **extra)
     except (LabelsieveError, FileNotFoundError) as err:
         print(f"labelsieve {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ import yaml
 from labelsieve.errors import LabelsieveError
 
 PRESET_DIR = Path(__file__).with_name("presets")
+PRESETS_KEY = "presets"  # params.yaml's top-level list of presets to apply
 
 
 class ConfigError(LabelsieveError, ValueError):
@@ -284,9 +285,12 @@ def load_params(
 ) -> Params:
     """Load params: the file (or defaults if `path` is None), then presets in order, then overrides.
 
+    The file's top-level ``presets`` list (e.g. ``presets: [digits]``, or ``dvc exp run -S
+    'presets=[digits]'``) is applied first, before `presets`.
+
     Args:
         path: a params.yaml; None starts from the built-in defaults.
-        presets: names of overlays in `labelsieve/presets/` applied in order.
+        presets: names of overlays in `labelsieve/presets/` applied in order, after the file's.
         overrides: ``section.key=value`` strings; the value is parsed as YAML.
 
     Raises:
@@ -297,7 +301,11 @@ def load_params(
     if path is not None:
         raw = _read_yaml(Path(path))
     problems: list[str] = []
-    for name in presets:
+    listed = raw.pop(PRESETS_KEY, None) or []
+    if not isinstance(listed, list) or not all(isinstance(name, str) for name in listed):
+        problems.append(f"{PRESETS_KEY}: {listed!r} must be a list of preset names")
+        listed = []
+    for name in [*listed, *presets]:
         preset_path = PRESET_DIR / f"{name}.yaml"
         if not preset_path.is_file():
             available = ", ".join(preset_names()) or "none"

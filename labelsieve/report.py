@@ -197,20 +197,44 @@ def _histogram_figure(histograms: dict[str, Any]) -> Figure:
     return fig
 
 
-# metrics.json key -> its label in the report's headline table, in display order.
+# metrics.json key -> (its label in the report's headline table, how its value is shown), in display order.
 HEADLINE = {
-    "test_acc": "test accuracy of the final model, last epoch",
-    "test_acc_best_val_epoch": "test accuracy at the epoch chosen on noisy validation",
-    "best_val_epoch": "that epoch (0-based, within the final stage)",
-    "test_macro_f1": "macro F1 on the test split",
-    "noise_rate_actual": "actual noise rate of the training labels",
-    "detection.precision": "noise detection: precision of the flagged samples",
-    "detection.recall": "noise detection: recall",
-    "detection.f1": "noise detection: F1",
-    "detection.auroc": "noise detection: AUROC of 1 − clean probability",
-    "detection.relabel_accuracy": "accuracy of the relabels",
-    "noise_rate_after_purify": "label noise left after purify (kept + relabelled)",
+    "test_acc": ("Test accuracy of the final model at its last epoch", "percent"),
+    "test_acc_best_val_epoch": ("Test accuracy at the epoch chosen on noisy validation", "percent"),
+    "best_val_epoch": ("That epoch (counted from 0 within the final stage)", "integer"),
+    "test_macro_f1": ("Macro F1 on the test split", "percent"),
+    "noise_rate_actual": ("Share of wrong labels among the training labels", "percent"),
+    "detection.precision": ("Noise detection: share of flagged samples that were wrong", "percent"),
+    "detection.recall": ("Noise detection: share of wrong labels flagged", "percent"),
+    "detection.f1": ("Noise detection: F1", "percent"),
+    "detection.auroc": ("Noise detection: area under the ROC curve of the noise score", "ratio"),
+    "detection.relabel_accuracy": ("Share of relabelled samples given their true class", "percent"),
+    "noise_rate_after_purify": ("Share of wrong labels left after purify (kept and relabelled)", "percent"),
 }
+# purify's detection figures (summary.json) -> (label, format) for the purification table.
+DETECTION = {
+    "precision": ("Share of flagged samples that were wrong", "percent"),
+    "recall": ("Share of wrong labels flagged", "percent"),
+    "f1": ("F1 of the flags", "percent"),
+    "auroc": ("Area under the ROC curve", "ratio"),
+    "relabel_accuracy": ("Share of relabelled samples given their true class", "percent"),
+    "noise_matrix_mae": ("Mean absolute error of the estimated noise matrix", "ratio"),
+    "noise_rate_after": ("Share of wrong labels left (kept and relabelled)", "percent"),
+}
+
+
+def format_value(value: Any, kind: str = "ratio") -> str:
+    """A figure as the report shows it: ``percent`` 0.8123 -> ``81.2%``, ``ratio`` -> 3 decimals,
+    ``integer`` as is; None or NaN -> an en dash. Escaped for HTML."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "–"
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        return html.escape(str(value))
+    if kind == "percent":
+        return f"{100 * float(value):.1f}%"
+    if kind == "integer" or isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return f"{float(value):.3f}"
 
 
 def _data_uri(png: bytes) -> str:
@@ -231,17 +255,45 @@ def thumbnail(image: np.ndarray, size: int) -> bytes:
 
 
 def _fmt(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return html.escape(str(value))
+    return format_value(value, "ratio")
+
+
+def _pct(value: Any) -> str:
+    return format_value(value, "percent")
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def regression_warning(regression: dict[str, Any] | None) -> str:
+    """The warning box shown when the final model tests below an earlier stage's networks ('' if not)."""
+    if not regression:
+        return ""
+    return (
+        "<div class='warning' role='alert'><b>Warning: the final model is worse than the networks it "
+        f"replaced.</b> {html.escape(regression['final_stage'])} reaches "
+        f"{_pct(regression['final_test_acc'])} test accuracy; "
+        f"{html.escape(regression['best_stage'])} reached "
+        f"{_pct(regression['best_test_acc'])} at its last epoch. The later stages cost accuracy on this run: "
+        "check their params before deploying this model.</div>"
+    )
+
+
+def provenance_table(provenance: dict[str, Any]) -> str:
+    """Where the figures came from: git commit, dataset content hash, hash of the resolved params."""
+    labels = {
+        "git_commit": "Git commit of the code",
+        "dataset_content_hash": "Content hash of the dataset",
+        "params_sha256": "SHA-256 of the resolved params",
+    }
+    rows = "".join(
+        f"<tr><th>{html.escape(label)}</th><td>{html.escape(str(provenance.get(key) or 'unknown'))}</td></tr>"
+        for key, label in labels.items()
+    )
+    return f"<table class='provenance'><tbody>{rows}</tbody></table>"
 
 
 _STYLE = """
@@ -257,6 +309,8 @@ figure { margin: 1em 0; } figcaption { font-size: .9em; color: #555; }
 .card img { display: block; margin: 0 auto .3em; image-rendering: pixelated; }
 .drop { color: #b2182b; } .relabel { color: #d95f02; } .keep { color: #1b7837; }
 pre { background: #f8f8f8; padding: .8em; font-size: .8em; overflow-x: auto; }
+.warning { border: 2px solid #b2182b; background: #fde0dd; padding: .6em 1em; margin: 1em 0; }
+.provenance td { font-family: monospace; text-align: left; }
 """
 
 
@@ -281,40 +335,41 @@ def write_html(
         f"<b>{_fmt(noise['mode'])} {_fmt(noise['rate'])}</b> (seed {noise['seed']}); final model: "
         f"<b>{_fmt(evaluation['final_stage'])}</b> (<code>{_fmt(evaluation['final_model'])}</code>), "
         f"network <b>{_fmt(params.model.name)}</b>.</p>",
+        regression_warning(evaluation.get("regression")),
         "<h2>Headline numbers</h2>",
         "<table class='headline'><tbody>"
         + "".join(
-            f"<tr><td>{html.escape(label)}</td><td>{_fmt(evaluation['metrics'][key])}</td></tr>"
-            for key, label in HEADLINE.items()
+            f"<tr><td>{html.escape(label)}</td><td>{format_value(evaluation['metrics'][key], kind)}</td></tr>"
+            for key, (label, kind) in HEADLINE.items()
             if key in evaluation["metrics"]
         )
         + "</tbody></table>",
         "<p>The best epoch is chosen on the noisy validation split, never on the test split. "
         f"Seed {params.runtime.seed}; {html.escape(evaluation.get('environment', ''))}. Every figure is "
         "also in <code>metrics.json</code> (flat) and <code>evaluation.json</code>.</p>",
+        "<h2>Provenance</h2>",
+        provenance_table(evaluation.get("provenance") or {}),
         "<h2>Training stages</h2>",
         "<p>Passed through (0 epochs): "
         + (html.escape(", ".join(evaluation["passed_through"])) or "none")
         + ". co_divide and purify always run; evaluate scores the last stage that trained.</p>",
         _table(
             [
-                "stage",
-                "epochs",
-                "last-epoch test acc",
-                "noisy-val acc",
-                "best-val epoch",
-                "its test acc",
-                "train s",
+                "Stage",
+                "Epochs run",
+                "Test accuracy, last epoch",
+                "Noisy-validation accuracy, last epoch",
+                "Epoch chosen on noisy validation",
+                "Test accuracy at that epoch",
             ],
             [
                 [
                     name,
                     f.get("epochs_run"),
-                    f.get("test_acc"),
-                    f.get("val_acc"),
+                    _pct(f.get("test_acc")),
+                    _pct(f.get("val_acc")),
                     f.get("best_val_epoch"),
-                    f.get("best_val_test_acc"),
-                    f.get("train_seconds"),
+                    _pct(f.get("best_val_test_acc")),
                 ]
                 for name, f in evaluation["stages"].items()
             ],

@@ -6,10 +6,16 @@ default path, so the DAG here and the one `dvc repro` runs are the same graph.
 Cluster settings (ignored by kfp's local runner):
 - GPU: every stage that runs a network requests `gpus` × `accelerator` with a toleration for GPU-node
   taints, and an optional node selector;
-- CPU and memory requests; retries with exponential backoff; caching on;
+- CPU and memory requests; retries with exponential backoff; caching on, except for `ingest`, whose
+  crawl root gains crawls while its inputs stay the same;
 - S3: `ingest` reads AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_ENDPOINT_URL from the Kubernetes
   secret `s3_secret` (kfp-kubernetes `use_secret_as_env`). Artifacts between stages go through the
   cluster's own artifact store, not through these credentials.
+
+Each stage's task gets only the params its stage reads (pipeline parameter `<stage>_params`, filled by
+`labelsieve.kfp_client.arguments`), so its cache key changes exactly when DVC would rerun it. With a
+`crawl_root`, `ingest` appends the crawls the accumulated dataset lacks, and the run ends after it when
+there is none (ingest returns has_new "false").
 
 Compile with `labelsieve pipeline compile` (writes pipelines/labelsieve_pipeline.yaml).
 """
@@ -53,18 +59,51 @@ def build_pipeline(
         name="labelsieve",
         description="Train on noisy web labels and purify them: ingest -> ... -> retrain (docs/design.md).",
     )
-    def labelsieve(params_yaml: str = "", presets: list[str] = [], overrides: list[str] = []):  # noqa: B006
-        """Args: `params_yaml` the params.yaml text ("" = built-in defaults); then `presets` by name and
-        `overrides` as section.key=value, exactly as the CLI applies them."""
-        produced: dict[str, Any] = {}  # registered output directory -> the artifact holding it
-        for name, stage in STAGES.items():
-            inputs = {key: produced[path] for key, path in stage.inputs.items()}
-            task = COMPONENTS[name](params_yaml=params_yaml, presets=presets, overrides=overrides, **inputs)
-            task.set_display_name(name.replace("_", "-"))
-            _configure(task, name, image, gpus, accelerator, node_selector or {}, s3_secret, cpu, memory)
-            produced[stage.out_dir] = task.outputs["out"]
+    def labelsieve(
+        ingest_params: str = "",
+        inject_noise_params: str = "",
+        warmup_params: str = "",
+        co_divide_params: str = "",
+        ssl_train_params: str = "",
+        group_regularize_params: str = "",
+        purify_params: str = "",
+        retrain_params: str = "",
+        evaluate_params: str = "",
+        crawl_root: str = "",
+    ):
+        """Args: `<stage>_params` the YAML text of the params that stage reads ("" = built-in defaults);
+        `crawl_root` a folder or s3:// prefix of crawls ("" = ingest `ingest.source` once)."""
+        texts = {
+            "ingest": ingest_params,
+            "inject_noise": inject_noise_params,
+            "warmup": warmup_params,
+            "co_divide": co_divide_params,
+            "ssl_train": ssl_train_params,
+            "group_regularize": group_regularize_params,
+            "purify": purify_params,
+            "retrain": retrain_params,
+            "evaluate": evaluate_params,
+        }
+        settings = (image, gpus, accelerator, node_selector or {}, s3_secret, cpu, memory)
+        first = _stage_task("ingest", {"crawl_root": crawl_root}, texts, settings)
+        first.set_caching_options(False)
+        produced: dict[str, Any] = {STAGES["ingest"].out_dir: first.outputs["out"]}
+        with dsl.If(first.outputs["Output"] == "true", name="new-data"):  # Output: has_new
+            for name, stage in list(STAGES.items())[1:]:
+                inputs = {key: produced[path] for key, path in stage.inputs.items()}
+                produced[stage.out_dir] = _stage_task(name, inputs, texts, settings).outputs["out"]
 
     return labelsieve
+
+
+def _stage_task(
+    name: str, inputs: dict[str, Any], texts: dict[str, Any], settings: tuple
+) -> dsl.PipelineTask:
+    """The task of stage `name` on `inputs`, given its params text, configured for the cluster."""
+    task = COMPONENTS[name](params_yaml=texts[name], **inputs)
+    task.set_display_name(name.replace("_", "-"))
+    _configure(task, name, *settings)
+    return task
 
 
 def _configure(

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 EVALUATE = Path("artifacts") / "evaluate"
+TIMINGS = Path("metrics") / "timings.json"  # wall-clock seconds per stage, kept out of cached outputs
 
 
 def _fmt(value: float | None) -> str:
@@ -16,6 +17,7 @@ def main() -> None:
     """Read the evaluate stage's evaluation.json and print the run in a few lines."""
     evaluation = json.loads((EVALUATE / "evaluation.json").read_text())
     metrics = evaluation["metrics"]
+    seconds = json.loads(TIMINGS.read_text()) if TIMINGS.is_file() else {}
     noise = evaluation["noise"]
     actual = "" if noise["actual_noise_rate"] is None else f", actual rate {noise['actual_noise_rate']:.3f}"
     print(f"noise: {noise['mode']} {noise['rate']}{actual}")
@@ -23,8 +25,8 @@ def main() -> None:
         print(
             f"{name:>16}: {figures['epochs_run']:>2} epochs,"
             f" last-epoch test accuracy {_fmt(figures['test_acc'])}"
-            f" (best noisy-val epoch {figures['best_val_epoch']}: {_fmt(figures['best_val_test_acc'])}),"
-            f" {figures['train_seconds']:.0f} s"
+            f" (best noisy-val epoch {figures['best_val_epoch']}: {_fmt(figures['best_val_test_acc'])})"
+            + (f", {seconds[name]:.0f} s" if name in seconds else "")
         )
     print(
         f"final model ({evaluation['final_stage']}): test accuracy {_fmt(metrics.get('test_acc'))}, "

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from labelsieve.atomic import save_torch
+from labelsieve.engine.timings import move_timings
 from labelsieve.errors import LabelsieveError
 
 
@@ -30,6 +31,7 @@ class Checkpoint:
 
     def __init__(self, out_dir: str | Path, key_material: dict[str, Any], *, stage: str | None = None):
         self.stage = stage or str(key_material.get("stage") or Path(out_dir).name)  # for the resume line
+        self.out_dir = Path(out_dir)
         self.directory = Path(f"{Path(out_dir)}.ckpt")
         self.path = self.directory / "last.pt"
         self.key = hashlib.sha256(json.dumps(key_material, sort_keys=True, default=str).encode()).hexdigest()
@@ -85,7 +87,9 @@ class Checkpoint:
         save_torch(self.path, {**state, "key": self.key})
 
     def clear(self) -> None:
-        """Remove the checkpoint once the stage's outputs are written."""
+        """Remove the checkpoint once the stage's outputs are written, and move the wall-clock timings
+        out of them (`labelsieve.engine.timings`), so equal runs leave byte-identical outputs."""
+        move_timings(self.out_dir)
         shutil.rmtree(self.directory, ignore_errors=True)
 
 

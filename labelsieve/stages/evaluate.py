@@ -12,21 +12,29 @@ history). Its figures:
 Outputs:
 - ``metrics.json``: flat headline numbers (for `dvc metrics show`);
 - ``evaluation.json``: everything, nested: final stage, stages passed through, per-stage figures, per-class
-  table, confusion matrix, purify's decisions and detection figures, machine and versions, resolved params;
+  table, confusion matrix, purify's decisions and detection figures, machine and versions, provenance (git
+  commit, dataset content hash, hash of the resolved params), resolved params;
 - ``plots/``: plot data for `dvc plots show`: ``training_curves.csv`` (every stage's epochs on one step
   axis), ``loss_histogram.csv`` (the last co-divide, network 1, with its fitted GMM scaled to counts),
   ``loss_histograms.json`` (every co-divide and network), ``confusion.csv`` (one row per test sample:
   actual, predicted) and ``roc.csv`` (ROC of 1 − clean probability, where the truth is known);
 - ``figures/*.png`` and ``report.html`` (labelsieve/report.py).
+
+With `metrics_dir` (``metrics/`` under DVC) it also writes ``metrics.json`` and ``plots/*.csv`` there: small
+files DVC declares with ``cache: false`` and git tracks, so a fresh clone's `dvc metrics show` and `dvc plots
+show` print the committed figures. Wall-clock training times go only to ``<metrics_dir>/timings.json``
+(git-ignored, undeclared): in a cached output they would change its hash on every run.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
 import platform
+import subprocess
 from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
@@ -41,6 +49,7 @@ from labelsieve.config import Params
 from labelsieve.engine import loop
 from labelsieve.engine.device import resolve_device
 from labelsieve.engine.resident import TrainingData
+from labelsieve.engine.timings import with_timings
 from labelsieve.maths import metrics
 from labelsieve.package import labelsieve_version, load_package
 from labelsieve.stages import purify
@@ -79,10 +88,21 @@ def final_stage(params: Params) -> str:
     return trained[-1] if trained else "warmup"
 
 
-def read_history(directory: str | Path) -> list[dict[str, Any]]:
-    """A stage's history.json, or [] when the stage wrote none."""
+def read_history(directory: str | Path, *, timings: bool = True) -> list[dict[str, Any]]:
+    """A stage's history.json, or [] when the stage wrote none.
+
+    Args:
+        timings: put back each epoch's ``train_seconds`` from ``<directory>.timings.json`` where present.
+    """
     path = Path(directory) / "history.json"
-    return json.loads(path.read_text()) if path.is_file() else []
+    history = json.loads(path.read_text()) if path.is_file() else []
+    return with_timings(directory, history) if timings else history
+
+
+def stage_seconds(directory: str | Path) -> float | None:
+    """A training stage's total wall-clock training time, or None when it has no timings."""
+    times = [h["train_seconds"] for h in read_history(directory) if "train_seconds" in h]
+    return float(sum(times)) if times else None
 
 
 def accuracy_figures(history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -96,7 +116,6 @@ def accuracy_figures(history: list[dict[str, Any]]) -> dict[str, Any]:
         "val_acc": last["val_acc"],
         "best_val_epoch": best.get("epoch"),
         "best_val_test_acc": best.get("test_acc"),
-        "train_seconds": float(sum(h.get("train_seconds", 0.0) for h in history)),
     }
 
 
@@ -135,7 +154,7 @@ def flat_metrics(
         "test_macro_f1": test["macro_f1"],
     }
     for name, figures in stages.items():
-        for key in ("test_acc", "best_val_test_acc", "train_seconds"):
+        for key in ("test_acc", "best_val_test_acc"):
             out[f"{name}.{key}"] = figures.get(key)
     if noise_rate is not None:
         out["noise_rate_actual"] = noise_rate
@@ -166,7 +185,6 @@ def training_curves(histories: list[StageHistory]) -> list[dict[str, Any]]:
                     "epoch": record["epoch"],
                     "val_acc": record["val_acc"],
                     "test_acc": record["test_acc"],
-                    "train_seconds": record.get("train_seconds", 0.0),
                 }
             )
     return rows
@@ -280,12 +298,14 @@ def run(
     model_dir: str | Path,
     out_dir: str | Path,
     divide_dir: str | Path | None = None,
+    metrics_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate the run: write metrics.json, evaluation.json, plots/, figures/ and report.html.
 
     Args:
         divide_dir: the co_divide stage's output, for its loss histogram (optional: ssl_train's final
             co-divide is in `ssl_dir` either way).
+        metrics_dir: also write metrics.json, plots/*.csv and timings.json here (replacing the folder).
 
     Returns:
         The flat headline numbers of metrics.json plus ``final_stage`` and ``report`` (its path).
@@ -293,7 +313,7 @@ def run(
     device = resolve_device(params.runtime.device)
     data = TrainingData.load(dataset_dir, labels_dir, device)
     dirs = {"warmup_dir": warmup_dir, "ssl_dir": ssl_dir, "group_dir": group_dir, "model_dir": model_dir}
-    histories = [StageHistory(name, read_history(dirs[key])) for name, key in TRAINING_STAGES]
+    histories = [StageHistory(name, read_history(dirs[key], timings=False)) for name, key in TRAINING_STAGES]
     stages = {h.name: accuracy_figures(h.history) for h in histories if h.history}
     final = final_stage(params)  # from the params: a stage that passed through left an empty history
     final_dir = Path(dirs[dict(TRAINING_STAGES)[final]])
@@ -333,16 +353,25 @@ def run(
         },
         "metrics": headline,
         "environment": _environment(device),
+        "provenance": provenance(params, data.dataset.meta.get("content_hash")),
+        "regression": regression(final, stages, test["accuracy"]),
         "params": params.to_dict(),
     }
     gallery = [
         {**row, "image": data.dataset.images("train")[int(row["index"])]}
         for row in gallery_rows(manifest, params.evaluate.gallery_size)
     ]
+    plot_data = (histories, histograms, true_test, predicted, classes, roc)
+    if metrics_dir is not None:
+        timings = {name: stage_seconds(dirs[key]) for name, key in TRAINING_STAGES}
+        with atomic_dir(metrics_dir) as tmp:
+            write_json(tmp / "metrics.json", headline)
+            _write_plot_data(tmp / "plots", *plot_data)
+            write_json(tmp / "timings.json", {k: v for k, v in timings.items() if v is not None})
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / "metrics.json", headline)
         write_json(tmp / "evaluation.json", evaluation)
-        _write_plot_data(tmp / "plots", histories, histograms, true_test, predicted, classes, roc)
+        _write_plot_data(tmp / "plots", *plot_data)
         figures = report.figures(
             tmp / "figures",
             curves=training_curves(histories),
@@ -375,7 +404,7 @@ def _write_plot_data(
     roc: dict[str, list[float]] | None,
 ) -> None:
     curves = training_curves(histories)
-    columns = ["step", "stage", "epoch", "val_acc", "test_acc", "train_seconds"]
+    columns = ["step", "stage", "epoch", "val_acc", "test_acc"]
     write_csv(directory / "training_curves.csv", columns, [[r[c] for c in columns] for r in curves])
     write_json(directory / "loss_histograms.json", histograms)
     if histograms:
@@ -397,6 +426,55 @@ def _write_plot_data(
     )
     if roc is not None:
         write_csv(directory / "roc.csv", ["fpr", "tpr"], list(zip(roc["fpr"], roc["tpr"], strict=True)))
+
+
+def regression(final: str, stages: dict[str, dict[str, Any]], final_acc: float) -> dict[str, Any] | None:
+    """The earlier training stage with the best last-epoch test accuracy, if the final model is below it.
+
+    A final model worse than the networks it replaced is worth a warning: the later stages (GRIP, purify,
+    retrain) cost accuracy on this run instead of adding it.
+    """
+    earlier = {name: f["test_acc"] for name, f in stages.items() if name != final and "test_acc" in f}
+    if not earlier or math.isnan(final_acc):
+        return None
+    best = max(earlier, key=lambda name: earlier[name])
+    if final_acc >= earlier[best]:
+        return None
+    return {
+        "final_stage": final,
+        "final_test_acc": final_acc,
+        "best_stage": best,
+        "best_test_acc": earlier[best],
+    }
+
+
+def params_hash(params: Params) -> str:
+    """SHA-256 of the resolved params (sorted-key JSON): equal hashes mean equal settings."""
+    text = json.dumps(params.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    """The checked-out git commit, or None outside a git repository (or without git).
+
+    Uncommitted changes are not flagged: under `dvc repro` dvc.lock itself is modified while the stage runs.
+    """
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def provenance(params: Params, content_hash: str | None) -> dict[str, str | None]:
+    """What the figures came from: the code (git commit), the data (content hash), the settings (params)."""
+    return {
+        "git_commit": git_commit(),
+        "dataset_content_hash": content_hash,
+        "params_sha256": params_hash(params),
+    }
 
 
 def _environment(device: torch.device) -> str:

@@ -1,6 +1,6 @@
 """Retraining on new crawls against real S3 servers on 127.0.0.1: SeaweedFS (what Kubeflow deploys) and moto.
 
-Each crawl lands under ``s3://<bucket>/crawls/<date>/<class>/...``; the newest is found by name, ingested
+Each crawl lands under ``s3://<bucket>/crawls/<date>/<class>/...``; crawls are listed by name, ingested
 into a new dataset, and the next one is appended to it.
 """
 
@@ -18,7 +18,7 @@ import pytest
 from botocore.config import Config
 from moto.server import ThreadedMotoServer
 
-from labelsieve import pipeline
+from labelsieve.crawls import list_crawls
 from labelsieve.data.store import load_dataset
 from labelsieve.stages import ingest
 from tests.conftest import random_png
@@ -154,8 +154,8 @@ def test_s3_crawls_ingest_newest_then_append_the_next(s3_endpoint, tmp_path, mak
     _upload(client, "crawls", "web/2026-11-20", first)
     settings = ("data.image_size=8", "ingest.val_fraction=0.2", "ingest.test_fraction=0.25")
 
-    newest = pipeline.newest_crawl("s3://crawls/web/")
-    assert newest == "s3://crawls/web/2026-11-20/"
+    assert list_crawls("s3://crawls/web/") == {"2026-11-20": "s3://crawls/web/2026-11-20/"}
+    newest = list_crawls("s3://crawls/web/")["2026-11-20"]
     ingest.run(make_params(f"ingest.source={newest}", *settings), out_dir=tmp_path / "ds")
     before = load_dataset(tmp_path / "ds")
     assert before.classes == ["cat", "dog"] and sum(before.meta["counts"].values()) == 16
@@ -163,7 +163,7 @@ def test_s3_crawls_ingest_newest_then_append_the_next(s3_endpoint, tmp_path, mak
 
     second = {(c, f"b{i}"): 1000 + 100 * k + i for k, c in enumerate(("cat", "dog")) for i in range(6)}
     _upload(client, "crawls", "web/2026-11-21", {**second, ("cat", "again"): 3, ("dog", "again"): 104})
-    newest = pipeline.newest_crawl("s3://crawls/web")
+    *_, newest = list_crawls("s3://crawls/web").values()
     assert newest == "s3://crawls/web/2026-11-21/"
     append = (f"ingest.source={newest}", f"ingest.append_to={tmp_path / 'ds'}")
     summary = ingest.run(make_params(*append, *settings), out_dir=tmp_path / "ds")
