@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import sys
 import time
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from labelsieve.config import ModelConfig, Params
 from labelsieve.engine.augment import augment, to_float
 from labelsieve.engine.device import autocast
 from labelsieve.engine.resident import TrainingData
+from labelsieve.errors import LabelsieveError
 from labelsieve.maths.mixmatch import confidence_penalty, mixup_warmup_loss, sample_lambda
 from labelsieve.models import Classifier, build_model, load_pretrained
 from labelsieve.progress import epoch_line, progress
@@ -67,12 +70,21 @@ def save_networks(out_dir: Path, networks: Sequence[Classifier], params: Params,
 def load_networks(
     directory: str | Path, params: Params, data: TrainingData, device: torch.device
 ) -> list[Classifier]:
-    """The networks a previous training stage wrote to `directory`."""
+    """The networks a previous training stage wrote to `directory`.
+
+    Raises:
+        LabelsieveError: a ``net<k>.pt`` is truncated or not a state dict of this model, naming it.
+    """
     meta = json.loads((Path(directory) / "networks.json").read_text())
     networks = []
     for k in range(1, meta["count"] + 1):
         model = build_model(meta["model"], num_classes=meta["num_classes"], in_channels=meta["in_channels"])
-        load_pretrained(model, Path(directory) / f"net{k}.pt")
+        path = Path(directory) / f"net{k}.pt"
+        try:
+            load_pretrained(model, path)
+        except (RuntimeError, ValueError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+            why = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise LabelsieveError(f"{path} cannot be loaded as network weights ({why})") from err
         networks.append(_to_device(model, device))
     return networks
 
