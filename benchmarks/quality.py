@@ -213,7 +213,8 @@ def table(results: list[dict[str, Any]]) -> str:
             runs = cells.get((noise, method), [])
             stale = STALE if any(r.get("stale") for r in runs) else ""
             text = mean_std([value(r) for r in runs], fmt, scale)
-            entries.append(text + (f" (n={len(runs)})" if len(runs) > 1 else "") + (stale if text else ""))
+            count = f" (n={len(runs)})" if len(runs) > 1 else ""
+            entries.append(text + count + stale if text else "")
         return f"| {noise}, {label} | " + " | ".join(entries) + " |"
 
     def detection(key: str) -> Any:
