@@ -478,7 +478,7 @@ def provenance(params: Params, content_hash: str | None) -> dict[str, str | None
 
 
 def _environment(device: torch.device) -> str:
-    """Where the figures came from: the conditions every headline number carries (STYLE.md)."""
+    """The machine and library versions every headline number was measured on."""
     cores = os.cpu_count()
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cores}-core CPU"
     return (
