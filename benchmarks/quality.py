@@ -23,6 +23,7 @@ README shows.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -285,6 +287,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--fresh", action="store_true", help="rerun runs that already have results")
     parser.add_argument("--table", action="store_true", help="only rewrite table.md from the saved runs")
+    parser.add_argument("--work", help="keep every run's artifacts in this folder (default: a temporary one)")
     parser.add_argument(
         "--one", nargs=4, metavar=("METHOD", "NOISE", "DATASET", "RUN_DIR"), help=argparse.SUPPRESS
     )
@@ -306,7 +309,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown method or noise setting: {', '.join(unknown)}")
     failed = []
-    with tempfile.TemporaryDirectory(prefix="labelsieve-quality-") as tmp:
+    with _work_dir(args.work) as tmp:
         base = Path(tmp) / "params.yaml"
         base.write_bytes(Path(args.params).read_bytes())  # immune to edits while it runs
         runs = [(n, m, int(seed)) for n in noises for m in methods for seed in args.seeds.split(",")]
@@ -348,6 +351,17 @@ def main() -> None:
     print(table(results))
     if failed:
         sys.exit(f"quality: these runs failed (their errors are above): {', '.join(failed)}")
+
+
+@contextlib.contextmanager
+def _work_dir(keep: str | None) -> Iterator[str]:
+    """The folder the runs write their artifacts to: `keep` (created, kept afterwards) or a temporary one."""
+    if keep is None:
+        with tempfile.TemporaryDirectory(prefix="labelsieve-quality-") as tmp:
+            yield tmp
+    else:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        yield keep
 
 
 def run_in_child(

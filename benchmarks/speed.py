@@ -231,9 +231,7 @@ class Bench:
     def retrain(self, scope: str) -> Epoch:
         """A retrain epoch at e_s (a correction epoch) with the given kNN scope, from fresh soft targets."""
         params = self.retrain_params[scope]
-        state = retrain.initial_state(
-            self.retrain_labels, self.data.num_classes, params.retrain.dropped, self.device
-        )
+        state = retrain.initial_state(self.retrain_labels, self.data.num_classes, params.retrain, self.device)
         epoch = params.retrain.synthetic_start
         start = clock(self.device)
         w, table, _ = retrain.prepare_epoch(self.student, self.data, state, params=params, epoch=epoch)

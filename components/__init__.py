@@ -2,7 +2,7 @@
 
 Each takes `params_yaml` (only the params its stage reads: `labelsieve.runner.stage_params_text`) and one
 typed input artifact per stage input (named like the stage's run() keyword), and writes `out` (Dataset or
-Model) and `metrics`.
+Model) and `metrics`. `publish` is the one pipeline step that is not a stage (`PIPELINE_STEPS`).
 """
 
 from components.co_divide import co_divide
@@ -10,6 +10,7 @@ from components.evaluate import evaluate
 from components.group_regularize import group_regularize
 from components.ingest import ingest
 from components.inject_noise import inject_noise
+from components.publish import publish
 from components.purify import purify
 from components.retrain import retrain
 from components.ssl_train import ssl_train
@@ -25,4 +26,5 @@ COMPONENTS = {
     "purify": purify,
     "retrain": retrain,
     "evaluate": evaluate,
+    "publish": publish,
 }

@@ -16,6 +16,7 @@ def retrain(
     dataset_dir: Input[Dataset],
     labels_dir: Input[Dataset],
     purified_dir: Input[Dataset],
+    ssl_dir: Input[Model],
     out: Output[Model],
     metrics: Output[Metrics],
 ):
@@ -30,4 +31,5 @@ def retrain(
         dataset_dir=dataset_dir.path,
         labels_dir=labels_dir.path,
         purified_dir=purified_dir.path,
+        ssl_dir=ssl_dir.path,
     )

@@ -1,6 +1,6 @@
 """The `labelsieve` command. Each subcommand is a stage name with hyphens (`inject-noise` runs
 `inject_noise`) and only adapts argv to the stage's `run()`; `predict` classifies images with a model
-package.
+package, and `publish` gates and publishes one (labelsieve/publish.py).
 
 Torch and the stage modules are imported only when a command runs, so `--help` and `--version` are quick.
 """
@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(stage=stage.name)
     _add_predict(commands)
     _add_export(commands)
+    _add_publish(commands, common)
     add_pipeline_command(commands, [common])
     _add_run(commands, common)
     return parser
@@ -130,7 +131,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _add_export(commands: argparse._SubParsersAction) -> None:
-    doc = "write the purified dataset as an image folder or a CSV manifest (ingestible again)"
+    doc = (
+        "write the purified dataset, split into train/, val/ and test/ folders or as images/ plus a CSV "
+        "manifest, each file the original where it still is (manifest.csv says which; ingestible again)"
+    )
     sub = commands.add_parser("export", help=doc, description=doc)
     sub.add_argument("--dataset-dir", default="artifacts/dataset", help="default: %(default)s")
     sub.add_argument("--purified-dir", default="artifacts/purified", help="default: %(default)s")
@@ -139,7 +143,8 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
         "--dropped",
         choices=("omit", "folder"),
         default="omit",
-        help="leave dropped samples out, or keep them under _dropped/ (default: %(default)s)",
+        help="leave dropped samples out (manifest.csv still lists them), or write them under _dropped/ "
+        "(default: %(default)s)",
     )
     sub.add_argument("--out-dir", default="exports/purified", help="default: %(default)s")
     sub.set_defaults(stage=None)
@@ -157,6 +162,38 @@ def _export(args: argparse.Namespace) -> int:
         print(f"labelsieve export: error: {err}", file=sys.stderr)
         return 2
     print(json.dumps({**counts, "out": str(args.out_dir)}, indent=2))
+    return 0
+
+
+def _add_publish(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    doc = (
+        "publish the retrained model to publish.to (models/<version>/ and latest.json) if its test accuracy "
+        "is at most publish.max_drop below the published model's on the same test split"
+    )
+    sub = commands.add_parser("publish", parents=[common], help=doc, description=doc)
+    sub.add_argument("--dataset-dir", default=STAGES["ingest"].out_dir, help="default: %(default)s")
+    sub.add_argument("--model-dir", default=STAGES["retrain"].out_dir, help="default: %(default)s")
+    sub.add_argument("--evaluate-dir", default=STAGES["evaluate"].out_dir, help="default: %(default)s")
+    sub.add_argument("--out-dir", default="artifacts/publish", help="publish.json (default: %(default)s)")
+    sub.set_defaults(stage=None)
+
+
+def _publish(args: argparse.Namespace) -> int:
+    """Run `labelsieve publish`: prints publish.json; a refused model exits 0 (the gate worked)."""
+    from labelsieve import publish
+
+    try:
+        record = publish.run(
+            _params(args),
+            dataset_dir=args.dataset_dir,
+            model_dir=args.model_dir,
+            evaluate_dir=args.evaluate_dir,
+            out_dir=args.out_dir,
+        )
+    except (LabelsieveError, FileNotFoundError, RuntimeError) as err:  # RuntimeError: resolve_device
+        print(f"labelsieve publish: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(record, indent=2, default=str))
     return 0
 
 
@@ -242,6 +279,8 @@ def _command(args: argparse.Namespace) -> int:
         return _predict(args)
     if args.command == "export":
         return _export(args)
+    if args.command == "publish":
+        return _publish(args)
     if args.command == "pipeline":
         return run_pipeline_command(args)
     if args.command == "run":

@@ -119,7 +119,8 @@ class IngestConfig:
     workers: int = bounded(0, 0, 64, doc="decode threads; 0 = one per CPU core")
     # An existing dataset directory to add the source's new images to (retraining on a new crawl): images
     # already there (same content hash) are skipped, old samples keep their split, label and index, and
-    # new ones are split by the same seeded rules. None: build the dataset from the source alone.
+    # new ones are split by the same seeded rules. None: build the dataset from the source alone. A run with
+    # --crawl-root keeps it as the accumulated store: a folder or an s3:// prefix (labelsieve/crawls.py).
     append_to: str | None = None
     min_class_size: int = bounded(
         2, 1, None, doc="a class with fewer usable samples outside the test split is dropped and reported"
@@ -156,6 +157,9 @@ class WarmupConfig:
     confidence_penalty: float = bounded(
         0.0, 0.0, None, doc="weight of +NE(p); DivideMix uses 1 at asym noise"
     )
+    # "": fresh networks (seeded). "latest": every network starts from the weights of the model publish.to's
+    # latest.json names (a fresh head where the classes changed); fresh networks while none is published.
+    init_from: Literal["", "latest"] = ""
 
 
 @dataclass(frozen=True)
@@ -225,7 +229,12 @@ class RetrainConfig:
 
     epochs: int = bounded(15, 0, 100_000)
     use_purified: bool = True  # labels from the purify manifest; false: the raw noisy labels (sssl preset)
-    dropped: Literal["exclude", "unlabeled"] = "exclude"  # unlabeled: kept with loss weight zero
+    dropped: Literal["exclude", "unlabeled", "ensemble"] = "exclude"  # unlabeled: loss weight zero;
+    # ensemble: kept, with the co-trained ensemble's prediction as target
+    distill: float = bounded(
+        0.0, 0.0, 1.0, doc="β: weight of the ensemble's prediction in each kept target (distillation)"
+    )
+    init_from: Literal["scratch", "ssl"] = "scratch"  # ssl: fine-tune the first co-trained network
     warmup_epochs: int = bounded(1, 0, 100_000, doc="CE epochs first (published 10 of 300)")
     mixup_alpha: float = bounded(1.0, 0.0, None, lo_open=True, doc="ordinary mixup until synthetic_start")
     synthetic_start: int = bounded(
@@ -248,6 +257,16 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class PublishConfig:
+    """`publish` (a pipeline step after evaluate, not a DVC stage): gate the retrained model, publish it."""
+
+    to: str = ""  # folder or s3://bucket/prefix of published models (models/<version>/, latest.json); "": off
+    max_drop: float = bounded(
+        0.01, 0.0, 1.0, doc="refuse a model whose test accuracy is more than this below the published one's"
+    )
+
+
+@dataclass(frozen=True)
 class Params:
     """Every section of params.yaml."""
 
@@ -263,6 +282,7 @@ class Params:
     purify: PurifyConfig = field(default_factory=PurifyConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
 
     @property
     def total_epochs(self) -> int:

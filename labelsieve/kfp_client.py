@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import os
 import re
 import sys
 import time
@@ -21,7 +22,7 @@ from typing import IO, Any
 from labelsieve.config import Params
 from labelsieve.errors import LabelsieveError
 from labelsieve.runner import stage_params_text
-from labelsieve.stages import STAGES
+from labelsieve.stages import PIPELINE_STEPS, STAGES
 
 
 def _repo_root() -> Path:
@@ -45,9 +46,14 @@ class DefaultImageError(LabelsieveError):
     """The package still names the local default image, which a cluster cannot pull."""
 
 
+class DockerUnavailableError(LabelsieveError):
+    """`run-local --runner docker`: no Docker engine answers, or the package's image is not built."""
+
+
 def arguments(params: Params, *, crawl_root: str = "") -> dict[str, str]:
-    """Pipeline arguments: `<stage>_params`, the resolved params each stage reads, and `crawl_root`."""
-    return {f"{name}_params": stage_params_text(params, name) for name in STAGES} | {"crawl_root": crawl_root}
+    """Pipeline arguments: `<step>_params`, the resolved params each step reads, and `crawl_root`."""
+    texts = {f"{name}_params": stage_params_text(params, name) for name in (*STAGES, *PIPELINE_STEPS)}
+    return texts | {"crawl_root": crawl_root}
 
 
 def describe(result: Mapping[str, Any]) -> str:
@@ -116,36 +122,86 @@ def check_image(package: str | Path, *, allow_default: bool = False) -> None:
 # --------------------------------------------------------------------------- run here
 
 
+RUNNERS = ("subprocess", "docker")
+
+
+def docker_runner(package: str | Path = PACKAGE, *, user: str | None = None) -> Any:
+    """kfp's DockerRunner for `package`: each task in its image, run as `user` on the host network.
+
+    `user` ("UID[:GID]", default this process's uid:gid) owns what the tasks write: the DockerRunner
+    mounts the pipeline root at its host path, so the image's own user (uid 1000) could not write a
+    folder the caller owns. The image keeps HOME and kfp's working folders writable by any uid.
+    The host network: an engine started by scripts/docker_engine.sh has no bridge.
+
+    Raises:
+        DockerUnavailableError: no engine answers, or an image the package runs is not here (kfp would
+            try to pull it).
+    """
+    import docker
+    from kfp import local
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as err:
+        raise DockerUnavailableError(
+            f"no Docker engine answers ({err}); start one with scripts/docker_engine.sh (as root)"
+        ) from err
+    try:
+        for image in sorted(package_images(package)):
+            try:
+                client.images.get(image)
+            except docker.errors.ImageNotFound as err:
+                raise DockerUnavailableError(
+                    f"image {image!r} (from {package}) is not built here; build it with `make image`"
+                ) from err
+    finally:
+        client.close()
+    return local.DockerRunner(user=user or f"{os.getuid()}:{os.getgid()}", network_mode="host")
+
+
 def run_local(
     arguments: Mapping[str, Any],
     *,
     pipeline_root: str | Path,
     package: str | Path = PACKAGE,
     progress: IO[str] | None = None,
+    runner: str = "subprocess",
+    docker_user: str | None = None,
 ) -> dict[str, Any]:
-    """Run the compiled pipeline here with kfp's SubprocessRunner in the current environment.
+    """Run the compiled pipeline here with kfp local: SubprocessRunner, or DockerRunner in the image.
 
-    Every task is a subprocess of this Python (no venv, no pip install, no container); GPU requests,
-    retries and secrets are cluster settings the local runner ignores. `progress` (default stderr) gets
-    one line per task; kfp's own output, each executor's full input included, goes to the log file
-    `<pipeline_root>/run-local-<time>.log`.
+    `runner` "subprocess": every task is a subprocess of this Python (no venv, no pip install, no
+    container). "docker": every task runs in the package's image (`docker_runner`, as `docker_user`).
+    GPU requests, retries and secrets are cluster settings the local runners ignore. `progress` (default
+    stderr) gets one line per task; kfp's own output, each executor's full input included, goes to the
+    log file `<pipeline_root>/run-local-<time>.log`.
 
     Returns:
         ``run_dir`` (this run's folder under `pipeline_root`), ``log`` and ``outputs``: task -> its `out`
-        directory, for the tasks that ran.
+        directory, for the tasks that ran; ``publish`` (decision, version, reason) when that step ran.
 
     Raises:
         RuntimeError: a task failed (the message names it and the log).
+        DockerUnavailableError: `runner` "docker" without an engine or the image.
+        ValueError: an unknown `runner`.
     """
     from kfp import components, local
 
+    if runner not in RUNNERS:
+        raise ValueError(f"runner {runner!r}: expected one of {', '.join(RUNNERS)}")
+    chosen = (
+        docker_runner(package, user=docker_user)
+        if runner == "docker"
+        else local.SubprocessRunner(use_venv=False)
+    )
     progress = progress or sys.stderr
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     before = set(root.iterdir())
     log = root / f"run-local-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}.log"
     print(f"kfp local: tasks' full output in {log}", file=progress, flush=True)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    local.init(runner=chosen, pipeline_root=str(root))
     with (
         open(log, "w", encoding="utf-8") as handle,
         contextlib.redirect_stdout(handle),
@@ -162,12 +218,25 @@ def run_local(
             raise RuntimeError(f"{err} (full output: {log})") from err
     (run_dir,) = {path for path in set(root.iterdir()) - before if path.is_dir()}
     found = {path.parent.name: path for path in run_dir.glob("**/out")}  # tasks under dsl.If sit deeper
-    outputs = {name: found.get(name.replace("_", "-"), run_dir / "-") for name in STAGES}
+    outputs = {name: found.get(name.replace("_", "-"), run_dir / "-") for name in (*STAGES, *PIPELINE_STEPS)}
     return {
         "run_dir": str(run_dir),
         "log": str(log),
         "outputs": {name: str(path) for name, path in outputs.items() if path.exists()},
+        **publish_outcome(outputs.get("publish"), progress),
     }
+
+
+def publish_outcome(out: Path | None, progress: IO[str]) -> dict[str, Any]:
+    """``{"publish": decision, version, reason}`` from the publish step's output, its line printed to
+    `progress`; empty when the step did not run (the run ended early)."""
+    if out is None or not out.is_dir():
+        return {}
+    from labelsieve.publish import describe, read_record
+
+    record = read_record(out)
+    print(describe(record), file=progress, flush=True)
+    return {"publish": {key: record.get(key) for key in ("decision", "version", "reason")}}
 
 
 @contextlib.contextmanager

@@ -46,6 +46,18 @@ def add_pipeline_command(
     local = actions.add_parser("run-local", parents=parents, help="run the compiled DAG here (kfp local)")
     local.add_argument("--package", **package)
     local.add_argument("--pipeline-root", default="artifacts/kfp-local", help="default: %(default)s")
+    local.add_argument(
+        "--runner",
+        choices=kfp_client.RUNNERS,
+        default="subprocess",
+        help="subprocess: tasks run in this environment; docker: each task in the package's image through "
+        "kfp's DockerRunner (needs a Docker engine and the image: `make image`) (default: %(default)s)",
+    )
+    local.add_argument(
+        "--docker-user",
+        metavar="UID[:GID]",
+        help="--runner docker: the user the containers run as (default: yours, who owns the outputs)",
+    )
 
     remote = argparse.ArgumentParser(add_help=False)
     remote.add_argument(
@@ -100,7 +112,13 @@ def _dispatch(args: argparse.Namespace) -> dict[str, Any]:
     params = load_params(params_file, presets=args.preset, overrides=args.overrides)
     arguments = kfp_client.arguments(params, crawl_root=args.crawl_root)
     if args.action == "run-local":
-        return kfp_client.run_local(arguments, pipeline_root=args.pipeline_root, package=args.package)
+        return kfp_client.run_local(
+            arguments,
+            pipeline_root=args.pipeline_root,
+            package=args.package,
+            runner=args.runner,
+            docker_user=args.docker_user,
+        )
     cluster = {
         "token": os.environ.get(kfp_client.TOKEN_ENV),
         "experiment": args.experiment,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from labelsieve.config import Params, load_params
-from labelsieve.stages import HOW, STAGES
+from labelsieve.stages import HOW, PIPELINE_STEPS, STAGES
 
 
 def resolve_params(params_yaml: str, presets: Sequence[str] = (), overrides: Sequence[str] = ()) -> Params:
@@ -36,12 +36,12 @@ def resolve_params(params_yaml: str, presets: Sequence[str] = (), overrides: Seq
 
 
 def stage_params(params: Params, name: str) -> dict[str, dict[str, Any]]:
-    """The part of `params` stage `name` reads: its `Stage.params` plus `HOW` (device, threads, ...).
+    """The part of `params` stage `name` reads: its `Stage.params` (or `PIPELINE_STEPS` entry) plus `HOW`.
 
     Every task gets `HOW` so it runs as `dvc repro` would; unlike DVC, changing one of them therefore
     changes every task's cache key. Sections and keys keep the order of `Params`: equal params, equal text.
     """
-    wanted = {*STAGES[name].params, *HOW}
+    wanted = {*(STAGES[name].params if name in STAGES else PIPELINE_STEPS[name]), *HOW}
     out: dict[str, dict[str, Any]] = {}
     for section, values in params.to_dict().items():
         if section in wanted:
@@ -106,6 +106,28 @@ def run_ingest(
         return bool(summary["new_crawls"])
     run_stage("ingest", params_yaml, metrics, out_dir=out_dir)
     return True
+
+
+def run_publish(params_yaml: str, metrics: Any | None = None, *, out_dir: str, **inputs: str) -> str:
+    """The `publish` step (labelsieve/publish.py) on artifact paths; logs ``published`` (1 or 0) and the
+    accuracies to `metrics`. Returns the decision: "published", "refused" or "off" (publish.to empty).
+
+    Args:
+        **inputs: ``dataset_dir``, ``model_dir`` and ``evaluate_dir``.
+    """
+    from labelsieve import publish
+    from labelsieve.engine.device import apply_threads  # torch: imported only to run the step
+
+    params = resolve_params(params_yaml)
+    apply_threads(params.runtime.threads)
+    record = publish.run(params, **inputs, out_dir=out_dir)
+    figures = {"published": float(record["decision"] == publish.PUBLISHED)}
+    if record["decision"] != publish.OFF:
+        figures["test_accuracy"] = record["gate"]["candidate"]
+        if record["gate"]["previous"] is not None:
+            figures["previous_test_accuracy"] = record["gate"]["previous"]
+    log_metrics(metrics, figures)
+    return str(record["decision"])
 
 
 def log_metrics(metrics: Any | None, summary: Mapping[str, Any]) -> None:

@@ -7,15 +7,18 @@ Cluster settings (ignored by kfp's local runner):
 - GPU: every stage that runs a network requests `gpus` × `accelerator` with a toleration for GPU-node
   taints, and an optional node selector;
 - CPU and memory requests; retries with exponential backoff; caching on, except for `ingest`, whose
-  crawl root gains crawls while its inputs stay the same;
-- S3: `ingest` reads AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_ENDPOINT_URL from the Kubernetes
-  secret `s3_secret` (kfp-kubernetes `use_secret_as_env`). Artifacts between stages go through the
-  cluster's own artifact store, not through these credentials.
+  crawl root gains crawls while its inputs stay the same, and `publish`, whose published model changes;
+- S3: `ingest` (crawls, accumulated store), `warmup` (`warmup.init_from: latest`) and `publish` read
+  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_ENDPOINT_URL from the Kubernetes secret `s3_secret`
+  (kfp-kubernetes `use_secret_as_env`). Artifacts between stages go through the cluster's own artifact
+  store, not through these credentials.
 
 Each stage's task gets only the params its stage reads (pipeline parameter `<stage>_params`, filled by
 `labelsieve.kfp_client.arguments`), so its cache key changes exactly when DVC would rerun it. With a
 `crawl_root`, `ingest` appends the crawls the accumulated dataset lacks, and the run ends after it when
-there is none (ingest returns has_new "false").
+there is none (ingest returns has_new "false"). After `evaluate`, the step `publish` (not a DVC stage)
+publishes the retrained model to `publish.to` if it passes the accuracy gate (labelsieve/publish.py) and
+returns "published", "refused" or "off".
 
 Compile with `labelsieve pipeline compile` (writes pipelines/labelsieve_pipeline.yaml).
 """
@@ -26,9 +29,11 @@ from kfp import dsl, kubernetes
 
 from components import COMPONENTS
 from components.image import IMAGE
-from labelsieve.stages import STAGES
+from labelsieve.stages import DATASET, MODEL, STAGES
 
-CPU_ONLY = frozenset({"ingest", "inject_noise"})  # stages that never run a network
+CPU_ONLY = frozenset({"ingest", "inject_noise", "publish"})  # steps that never train (publish: 2 test passes)
+UNCACHED = frozenset({"ingest", "publish"})  # their results depend on object storage, not only on inputs
+S3_TASKS = frozenset({"ingest", "warmup", "publish"})  # steps that may read or write object storage
 S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
 RETRIES = 3
 BACKOFF = {"backoff_duration": "30s", "backoff_factor": 2.0, "backoff_max_duration": "600s"}
@@ -69,6 +74,7 @@ def build_pipeline(
         purify_params: str = "",
         retrain_params: str = "",
         evaluate_params: str = "",
+        publish_params: str = "",
         crawl_root: str = "",
     ):
         """Args: `<stage>_params` the YAML text of the params that stage reads ("" = built-in defaults);
@@ -83,15 +89,17 @@ def build_pipeline(
             "purify": purify_params,
             "retrain": retrain_params,
             "evaluate": evaluate_params,
+            "publish": publish_params,
         }
         settings = (image, gpus, accelerator, node_selector or {}, s3_secret, cpu, memory)
         first = _stage_task("ingest", {"crawl_root": crawl_root}, texts, settings)
-        first.set_caching_options(False)
         produced: dict[str, Any] = {STAGES["ingest"].out_dir: first.outputs["out"]}
         with dsl.If(first.outputs["Output"] == "true", name="new-data"):  # Output: has_new
             for name, stage in list(STAGES.items())[1:]:
                 inputs = {key: produced[path] for key, path in stage.inputs.items()}
                 produced[stage.out_dir] = _stage_task(name, inputs, texts, settings).outputs["out"]
+            gated = {"dataset_dir": DATASET, "model_dir": MODEL, "evaluate_dir": STAGES["evaluate"].out_dir}
+            _stage_task("publish", {key: produced[path] for key, path in gated.items()}, texts, settings)
 
     return labelsieve
 
@@ -120,10 +128,10 @@ def _configure(
     """Apply the cluster settings of one task (see the module docstring)."""
     if image != IMAGE:
         task.set_container_image(image)
-    task.set_caching_options(True)
+    task.set_caching_options(name not in UNCACHED)
     task.set_retry(num_retries=RETRIES, **BACKOFF)
     task.set_cpu_request(cpu).set_memory_request(memory)
-    if name == "ingest":
+    if name in S3_TASKS:
         # Optional: a source that is not on S3 runs without the secret; an S3 source without it fails in
         # boto3 with "no S3 credentials", naming the variables to set.
         kubernetes.use_secret_as_env(

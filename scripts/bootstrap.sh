@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything labelsieve needs on a fresh Debian machine: uv, the locked Python dependencies
 # (uv.lock), Debian's Fashion-MNIST package and chromium (the tests render report.html headless), and
-# makes data/raw, the raw input data.dvc tracks. Safe to run again; it only does what is missing.
+# makes data/raw, the raw input data.dvc tracks, cached so `dvc status` is clean (scripts/raw_data.sh).
+# Safe to run again; it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,13 +39,6 @@ if [ "${#missing[@]}" -gt 0 ]; then
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# The default raw input: the Fashion-MNIST files, byte for byte (data.dvc records their md5). A data/raw
-# that exists is left alone: it may hold a newer crawl.
-if [ ! -e data/raw ]; then
-  echo "bootstrap: data/raw <- /usr/share/datasets/fashion-mnist" >&2
-  rm -rf data/raw.tmp && mkdir -p data/raw.tmp  # copy aside, then rename: never a half-filled data/raw
-  cp /usr/share/datasets/fashion-mnist/*-ubyte.gz data/raw.tmp/
-  mv data/raw.tmp data/raw
-fi
-
 "${uv[@]}" sync --frozen --quiet
+
+DVC="${uv[*]} run --frozen dvc" bash scripts/raw_data.sh  # data/raw, in DVC's cache

@@ -21,10 +21,11 @@ from labelsieve import kfp_client, runner
 from labelsieve.cli import main
 from labelsieve.config import Params, load_params
 from labelsieve.crawls import LEDGER
-from labelsieve.stages import STAGES
+from labelsieve.stages import PIPELINE_STEPS, STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_SECTIONS = {"data", "model", "runtime", "presets"}
+STEPS = (*STAGES, *PIPELINE_STEPS)  # every task of the pipeline
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def _task(name: str) -> str:
 
 
 def _tasks(spec: dict) -> dict[str, dict]:
-    """Every stage task by name: ingest at the root, the rest inside the `has_new` condition."""
+    """Every task by name: ingest at the root, the rest (publish too) inside the `has_new` condition."""
     root = spec["root"]["dag"]["tasks"]
     return {**root, **spec["components"]["comp-condition-1"]["dag"]["tasks"]}
 
@@ -57,7 +58,15 @@ def test_stages_components_dvc_and_params_are_one_set():
     sections = set(yaml.safe_load((ROOT / "params.yaml").read_text())) - SHARED_SECTIONS
     fields = {f.name for f in dataclasses.fields(Params)} - SHARED_SECTIONS
     modules = {p.stem for p in (ROOT / "components").glob("*.py")} - {"__init__", "image"}
-    assert stages == set(COMPONENTS) == dvc == sections == fields == modules
+    assert stages == dvc and not stages & set(PIPELINE_STEPS)  # publish: a pipeline step, not a DVC stage
+    assert stages | set(PIPELINE_STEPS) == set(COMPONENTS) == sections == fields == modules
+
+
+def test_publish_component_takes_the_dataset_the_package_and_the_evaluation():
+    spec = COMPONENTS["publish"].component_spec
+    assert set(spec.inputs) == {"params_yaml", "dataset_dir", "model_dir", "evaluate_dir"}
+    assert {"out", "metrics", "Output"} <= set(spec.outputs)
+    assert len(inspect.getsource(COMPONENTS["publish"].python_func).splitlines()) <= 40
 
 
 @pytest.mark.parametrize("name", list(STAGES))
@@ -78,11 +87,11 @@ def test_compiled_pipeline_matches_checked_in_yaml(compiled):
 def test_compiled_pipeline_requests_gpus_on_network_stages_only(compiled):
     _, spec, platform = compiled
     executors = spec["deploymentSpec"]["executors"]
-    for name in STAGES:
+    for name in STEPS:
         resources = executors[f"exec-{_task(name)}"]["container"]["resources"]
         assert resources["resourceCpuRequest"] == "4" and resources["resourceMemoryRequest"] == "16G"
         tolerations = platform.get(f"exec-{_task(name)}", {}).get("tolerations", [])
-        if name in ("ingest", "inject_noise"):
+        if name in ("ingest", "inject_noise", "publish"):
             assert "accelerator" not in resources and not tolerations
         else:
             assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
@@ -90,13 +99,14 @@ def test_compiled_pipeline_requests_gpus_on_network_stages_only(compiled):
             assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations
 
 
-def test_compiled_pipeline_retries_with_backoff_and_caches_every_task_but_ingest(compiled):
+def test_compiled_pipeline_retries_with_backoff_and_caches_every_task_but_ingest_and_publish(compiled):
     _, spec, _ = compiled
     tasks = _tasks(spec)
-    assert set(tasks) == {_task(name) for name in STAGES} | {"condition-1"}
-    for name in STAGES:
+    assert set(tasks) == {_task(name) for name in STEPS} | {"condition-1"}
+    for name in STEPS:
         task = tasks[_task(name)]
-        assert task["cachingOptions"] == ({} if name == "ingest" else {"enableCache": True}), name
+        uncached = name in ("ingest", "publish")  # both depend on object storage, not only on their inputs
+        assert task["cachingOptions"] == ({} if uncached else {"enableCache": True}), name
         assert task["retryPolicy"] == {
             "maxRetryCount": 3,
             "backoffDuration": "30s",
@@ -107,14 +117,16 @@ def test_compiled_pipeline_retries_with_backoff_and_caches_every_task_but_ingest
 
 def test_compiled_pipeline_takes_s3_credentials_from_a_secret(compiled):
     _, _, platform = compiled
-    (secret,) = platform["exec-ingest"]["secretAsEnv"]
-    assert secret["secretName"] == "labelsieve-s3" and secret["optional"] is True
-    assert {item["envVar"] for item in secret["keyToEnv"]} == {
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_ENDPOINT_URL",
-    }
-    assert all("secretAsEnv" not in platform[k] for k in platform if k != "exec-ingest")
+    readers = {"exec-ingest", "exec-warmup", "exec-publish"}  # crawls and store; init_from; published models
+    for executor in readers:
+        (secret,) = platform[executor]["secretAsEnv"]
+        assert secret["secretName"] == "labelsieve-s3" and secret["optional"] is True
+        assert {item["envVar"] for item in secret["keyToEnv"]} == {
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_ENDPOINT_URL",
+        }
+    assert all("secretAsEnv" not in platform[k] for k in platform if k not in readers)
 
 
 def test_compiled_pipeline_wires_the_dag_like_dvc(compiled):
@@ -134,6 +146,22 @@ def test_compiled_pipeline_wires_the_dag_like_dvc(compiled):
             {"params_yaml", "crawl_root"} if name == "ingest" else {"params_yaml"}
         )
         assert _params_source(spec, name) == f"{name}_params"
+
+
+def test_compiled_pipeline_publishes_after_evaluate_the_retrained_package(compiled):
+    _, spec, _ = compiled
+    task = _tasks(spec)["publish"]
+    artifacts = {
+        key: value.get("taskOutputArtifact", value.get("componentInputArtifact"))
+        for key, value in task["inputs"]["artifacts"].items()
+    }
+    assert artifacts == {
+        "dataset_dir": "pipelinechannel--ingest-out",
+        "model_dir": {"producerTask": "retrain", "outputArtifactKey": "out"},
+        "evaluate_dir": {"producerTask": "evaluate", "outputArtifactKey": "out"},
+    }
+    assert set(task["dependentTasks"]) == {"retrain", "evaluate"}
+    assert _params_source(spec, "publish") == "publish_params"
 
 
 def test_compiled_pipeline_ends_after_ingest_when_no_crawl_is_new(compiled):
@@ -289,7 +317,7 @@ def test_pipeline_submit_contract_sends_the_package_params_and_token(kfp_host, m
         "platform_spec": platform,
     }  # ingest stays uncached
     sent = body["runtime_config"]["parameters"]
-    assert set(sent) == {f"{name}_params" for name in STAGES} | {"crawl_root"}
+    assert set(sent) == {f"{name}_params" for name in STEPS} | {"crawl_root"}
     assert runner.resolve_params(sent["ingest_params"]).ingest.source == "digits"
     assert runner.resolve_params(sent["warmup_params"]).warmup.epochs == 2
 

@@ -401,9 +401,17 @@ def test_export_of_dangerous_class_names_stays_inside_and_ingests_back_losslessl
     purified = _purified(tmp_path, decision)
     labels = np.load(purified / "labels.npz")
     expected = {
-        sha: dataset.classes[labels["train_labels"][i]]
-        for i, sha in enumerate(dataset.samples["train"]["sha256"])
-        if labels["train_decision"][i] != DROP
+        "train": {
+            sha: dataset.classes[labels["train_labels"][i]]
+            for i, sha in enumerate(dataset.samples["train"]["sha256"])
+            if labels["train_decision"][i] != DROP
+        },
+        "test": {  # the test split, under its given labels, stays the test split
+            sha: dataset.classes[label]
+            for sha, label in zip(
+                dataset.samples["test"]["sha256"], dataset.samples["test"]["label"], strict=True
+            )
+        },
     }
     before = sorted(p.name for p in tmp_path.iterdir())
     export(tmp_path / "dataset", purified, tmp_path / "export" / "out", fmt=fmt, dropped="folder")
@@ -413,11 +421,15 @@ def test_export_of_dangerous_class_names_stays_inside_and_ingests_back_losslessl
     overrides = [*QUIET, "data.image_size=8", f"ingest.source={source}", "ingest.val_fraction=0"]
     STAGES["ingest"].run(load_params(None, overrides=overrides), out_dir=tmp_path / "again")
     again = load_dataset(tmp_path / "again")
-    got = {}
-    for split in ("train", "test") if fmt == "folder" else ("train",):  # folder: ingest splits off a test set
-        for sha, label in zip(again.samples[split]["sha256"], again.samples[split]["label"], strict=True):
-            got[sha] = again.classes[label]
+    got = {
+        split: {
+            sha: again.classes[label]
+            for sha, label in zip(again.samples[split]["sha256"], again.samples[split]["label"], strict=True)
+        }
+        for split in ("train", "test")
+    }
     assert got == expected
+    assert again.classes == dataset.classes
 
 
 def test_predict_and_ingest_manifests_refuse_the_same_paths(tmp_path):

@@ -9,6 +9,9 @@ non-ASCII included, is its own folder name.
 
 Manifest paths (`ingest` and `predict` alike): a row's path is relative to the manifest's folder and
 must stay inside it; an absolute path, a ``..`` or a link leading out is refused.
+
+An export (labelsieve/export.py) is a folder with ``export.json``, whose ``layout`` tells folder ingest to
+read ``train/``, ``val/`` and ``test/`` as split folders of class folders, and ``manifest.csv``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,12 @@ import re
 from pathlib import Path
 
 UNSAFE = frozenset('%/\\:*?"<>|')
+EXPORT_META = "export.json"
+EXPORT_MANIFEST = "manifest.csv"
+EXPORT_LAYOUT = "split/class"  # export.json's "layout" of a folder export
+EXPORT_SPLITS = ("train", "val", "test")  # an export's split folders, and manifest.csv's splits
+DROPPED = "dropped"  # manifest.csv's split of the samples purify dropped
+DROPPED_FOLDER = "_dropped"  # their folder, which plain folder ingest skips (a leading "_")
 _ESCAPE = re.compile(r"%([0-7][0-9A-F])")
 
 

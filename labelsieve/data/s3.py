@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import boto3
+from boto3.exceptions import S3UploadFailedError
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -143,6 +144,71 @@ def read_object(client: Any, bucket: str, key: str) -> bytes:
         if isinstance(err, ClientError) and _code(err) in MISSING_CODES:
             raise ObjectMissing(message) from err
         raise StorageError(message) from err
+
+
+def write_object(client: Any, bucket: str, key: str, data: bytes) -> None:
+    """Store `data` as one object (a single PUT: readers see the old object or the new one, never a part).
+
+    Raises:
+        StorageError: the store cannot be used or refuses the write; the message names the URI.
+    """
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=data)
+    except (ClientError, BotoCoreError) as err:
+        raise StorageError(_explain(err, f"s3://{bucket}/{key}")) from err
+
+
+def upload_file(client: Any, path: str | os.PathLike[str], bucket: str, key: str) -> None:
+    """Upload a local file as one object (multipart above boto3's threshold; visible only when complete).
+
+    Raises:
+        StorageError: as `write_object`.
+    """
+    try:
+        client.upload_file(os.fspath(path), bucket, key)
+    except (ClientError, BotoCoreError, S3UploadFailedError) as err:
+        raise StorageError(_explain(err, f"s3://{bucket}/{key}")) from err
+
+
+def download_file(client: Any, bucket: str, key: str, path: str | os.PathLike[str]) -> None:
+    """Download one object to a local file (written to a temporary sibling, then renamed).
+
+    Raises:
+        ObjectMissing: the key or the bucket does not exist.
+        StorageError: the store cannot be used; the message names the URI.
+    """
+    from labelsieve.atomic import atomic_path  # numpy: not needed just to list or read objects
+
+    try:
+        with atomic_path(path) as tmp:
+            client.download_file(bucket, key, os.fspath(tmp))
+    except (ClientError, BotoCoreError) as err:
+        message = _explain(err, f"s3://{bucket}/{key}")
+        if isinstance(err, ClientError) and _code(err) in MISSING_CODES:
+            raise ObjectMissing(message) from err
+        raise StorageError(message) from err
+
+
+def delete_keys(client: Any, bucket: str, keys: list[str]) -> None:
+    """Delete the objects `keys` (1,000 per request, S3's limit); keys already gone are not an error.
+
+    Raises:
+        StorageError: the store cannot be used or refuses a deletion; the message names the first key.
+    """
+    for start in range(0, len(keys), 1000):
+        batch = keys[start : start + 1000]
+        try:
+            answer = client.delete_objects(
+                Bucket=bucket, Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True}
+            )
+        except (ClientError, BotoCoreError) as err:
+            raise StorageError(_explain(err, f"s3://{bucket}/{batch[0]}")) from err
+        if failed := answer.get("Errors"):
+            first = failed[0]
+            raise StorageError(
+                f"object storage refused to delete {len(failed)} object(s), first s3://{bucket}/"
+                f"{first.get('Key')}: {first.get('Code')} {first.get('Message', '')}".rstrip()
+            )
 
 
 def _attempts() -> int:

@@ -9,8 +9,12 @@ Sources:
 - ``digits``: scikit-learn's 8x8 digits, no test split.
 - a folder ``root/<keyword>/<files...>``: classes are the sorted folder names, with `export`'s ``%XX``
   escapes decoded (labelsieve/data/paths.py), so an exported folder ingests to the same class names.
-- a ``.csv`` or ``.jsonl`` manifest with ``path``, ``label`` and optional ``split`` (train|test); paths
-  are relative to the manifest's folder, or ``s3://`` URIs.
+- a folder export (labelsieve/export.py; its export.json says so): ``train/`` and ``val/`` class folders
+  are the training pool (ingest draws its own validation split), ``test/`` the test split, the classes
+  those of export.json in their order, and files under ``_dropped/`` are reported as dropped by purify.
+- a ``.csv`` or ``.jsonl`` manifest with ``path``, ``label`` and optional ``split`` (train|val|test, val
+  joining the training pool; an export's ``dropped`` rows are reported, not ingested); paths are relative
+  to the manifest's folder, or ``s3://`` URIs.
 - ``s3://bucket/prefix`` laid out like a folder.
 """
 
@@ -28,7 +32,16 @@ import numpy as np
 
 from labelsieve.config import IngestConfig
 from labelsieve.data import idx, s3
-from labelsieve.data.paths import class_name, manifest_file
+from labelsieve.data.paths import (
+    DROPPED,
+    DROPPED_FOLDER,
+    EXPORT_LAYOUT,
+    EXPORT_MANIFEST,
+    EXPORT_META,
+    EXPORT_SPLITS,
+    class_name,
+    manifest_file,
+)
 from labelsieve.errors import LabelsieveError
 
 # Rejection reasons known before decoding.
@@ -38,6 +51,7 @@ BAD_MANIFEST_ROW = "bad_manifest_row"
 NO_CLASS_FOLDER = "no_class_folder"
 READ_ERROR = "read_error"
 SYMLINKED_FOLDER = "symlinked_folder_not_followed"
+DROPPED_BY_PURIFY = "dropped_by_purify"  # in an export, a sample that purify dropped
 
 
 class SourceError(LabelsieveError):
@@ -154,6 +168,30 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 def _folder(root: Path) -> Listing:
+    export_classes = _export_classes(root)
+    if export_classes is not None:
+        return _export_folder(root, export_classes)
+    classes, candidates = _class_folders(root, None)
+    if not classes:
+        raise SourceError(f"image folder {root} has no class subfolders (expected root/<keyword>/<images>)")
+    return Listing(str(root), _loose_files(root) + candidates, classes)
+
+
+def _loose_files(root: Path) -> list[Candidate]:
+    """A rejected candidate per file directly in `root` (not in a class folder), hidden files aside."""
+    return [
+        Candidate(str(entry), "", None, None, (NO_CLASS_FOLDER, "file is not inside a class folder"))
+        for entry in sorted(root.iterdir())
+        if entry.is_file() and not entry.name.startswith(".")
+    ]
+
+
+def _class_folders(root: Path, split: str | None) -> tuple[list[str], list[Candidate]]:
+    """The classes of `root`'s class folders and a candidate of `split` per file in them.
+
+    Raises:
+        SourceError: two folders stand for the same class.
+    """
     # Folders starting with "." or "_" are reserved (hidden folders, an export's _dropped/).
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
     names: dict[str, str] = {}  # class name -> folder; an export's %XX escapes decoded (data/paths.py)
@@ -164,11 +202,6 @@ def _folder(root: Path) -> Listing:
             )
     classes = sorted(names)
     candidates = []
-    for entry in sorted(root.iterdir()):
-        if entry.is_file() and not entry.name.startswith("."):
-            candidates.append(
-                Candidate(str(entry), "", None, None, (NO_CLASS_FOLDER, "file is not inside a class folder"))
-            )
     for label in classes:
         for dirpath, dirnames, filenames in os.walk(root / names[label], followlinks=False):
             dirnames.sort()
@@ -178,7 +211,7 @@ def _folder(root: Path) -> Listing:
                 reason = PATH_ESCAPES_ROOT if not _inside(link, root) else SYMLINKED_FOLDER
                 candidates.append(
                     Candidate(
-                        str(link), label, None, None, (reason, f"linked folder to {os.path.realpath(link)}")
+                        str(link), label, split, None, (reason, f"linked folder to {os.path.realpath(link)}")
                     )
                 )
             for name in sorted(filenames):
@@ -189,16 +222,62 @@ def _folder(root: Path) -> Listing:
                         Candidate(
                             str(path),
                             label,
-                            None,
+                            split,
                             None,
                             (PATH_ESCAPES_ROOT, f"links outside the root to {target}"),
                         )
                     )
                 else:
-                    candidates.append(Candidate(str(path), label, None, _file_loader(path)))
-    if not classes:
-        raise SourceError(f"image folder {root} has no class subfolders (expected root/<keyword>/<images>)")
-    return Listing(str(root), candidates, classes)
+                    candidates.append(Candidate(str(path), label, split, _file_loader(path)))
+    return classes, candidates
+
+
+def _export_classes(root: Path) -> list[str] | None:
+    """The class list of a folder export with split folders (its export.json), or None for any other folder.
+
+    Raises:
+        SourceError: export.json is not valid JSON, or names the layout without a list of class names.
+    """
+    meta_file = root / EXPORT_META
+    if not meta_file.is_file():
+        return None
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SourceError(f"{meta_file} is damaged: not valid JSON ({err}); export again") from err
+    if not isinstance(meta, dict) or meta.get("layout") != EXPORT_LAYOUT:
+        return None  # not an export, or one of the older flat layout: read as class folders
+    classes = meta.get("classes")
+    if not isinstance(classes, list) or not all(isinstance(c, str) and c for c in classes):
+        raise SourceError(f"{meta_file} is damaged: 'classes' is not a list of class names; export again")
+    return classes
+
+
+def _export_folder(root: Path, classes: list[str]) -> Listing:
+    """A folder export: split folders of class folders (see the module docstring)."""
+    candidates: list[Candidate] = []
+    found: set[str] = set()
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith(".") or (entry.is_file() and entry.name in (EXPORT_META, EXPORT_MANIFEST)):
+            continue
+        if entry.name in EXPORT_SPLITS and entry.is_dir() and not entry.is_symlink():
+            # val/ joins the training pool, as in any source: ingest draws its own validation split
+            names, listed = _class_folders(entry, "test" if entry.name == "test" else "train")
+            found.update(names)
+            candidates += _loose_files(entry) + listed
+        elif entry.name == DROPPED_FOLDER and entry.is_dir() and not entry.is_symlink():
+            for file in sorted(p for p in entry.rglob("*") if p.is_file()):
+                label = class_name(file.parent.name)
+                candidates.append(
+                    Candidate(str(file), label, None, None, (DROPPED_BY_PURIFY, "purify dropped it"))
+                )
+        else:
+            detail = f"not inside the export's {', '.join(f'{s}/' for s in EXPORT_SPLITS)} folders"
+            candidates.append(Candidate(str(entry), "", None, None, (NO_CLASS_FOLDER, detail)))
+    if not found:
+        splits = ", ".join(f"{s}/" for s in EXPORT_SPLITS)
+        raise SourceError(f"export {root} has no class folders in {splits}")
+    return Listing(str(root), candidates, classes + sorted(found - set(classes)))
 
 
 def manifest_rows(
@@ -245,16 +324,21 @@ def _manifest(path: Path) -> Listing:
         where = f"{path}:{number}"
         if row is not None:
             ref, label, split = row.get("path"), row.get("label"), row.get("split") or None
+            if split == DROPPED:  # an export's manifest lists the samples purify dropped
+                name = ref if isinstance(ref, str) and ref else where
+                reason = (DROPPED_BY_PURIFY, f"{where}: split {DROPPED}: purify dropped it")
+                candidates.append(Candidate(name, str(label or ""), None, None, reason))
+                continue
             if not isinstance(ref, str) or not ref:
                 error = "missing 'path'"
             elif label is None or str(label) == "":
                 error = "missing 'label'"
-            elif split not in (None, "train", "test"):
-                error = f"split {split!r} is not train or test"
+            elif split not in (None, *EXPORT_SPLITS):
+                error = f"split {split!r} is not train, val or test"
         if error or row is None:
             candidates.append(Candidate(where, "", None, None, (BAD_MANIFEST_ROW, error)))
             continue
-        label = str(label)
+        label, split = str(label), "train" if split == "val" else split  # val joins the training pool
         if ref.startswith("s3://"):
             client = client or s3.make_client()
             bucket, key = s3.parse_uri(ref)

@@ -95,7 +95,12 @@ STAGES: dict[str, Stage] = {
     for stage in (
         Stage("ingest", {}, DATASET, ("data", "ingest", "runtime.seed")),
         Stage("inject_noise", {"dataset_dir": DATASET}, LABELS, ("inject_noise", "runtime.seed")),
-        Stage("warmup", {"dataset_dir": DATASET, "labels_dir": LABELS}, WARMUP, declared("warmup", *ENGINE)),
+        Stage(
+            "warmup",
+            {"dataset_dir": DATASET, "labels_dir": LABELS},
+            WARMUP,
+            declared("warmup", *ENGINE, "publish.to"),  # publish.to: where warmup.init_from latest looks
+        ),
         Stage(
             "co_divide",
             {"dataset_dir": DATASET, "labels_dir": LABELS, "warmup_dir": WARMUP},
@@ -123,7 +128,7 @@ STAGES: dict[str, Stage] = {
         ),
         Stage(
             "retrain",
-            {"dataset_dir": DATASET, "labels_dir": LABELS, "purified_dir": PURIFIED},
+            {"dataset_dir": DATASET, "labels_dir": LABELS, "purified_dir": PURIFIED, "ssl_dir": SSL},
             MODEL,
             declared("retrain", *ENGINE),
         ),
@@ -144,6 +149,11 @@ STAGES: dict[str, Stage] = {
         ),
     )
 }
+
+
+# Pipeline steps that are not DVC stages (the Kubeflow pipeline runs them; each has its own CLI command):
+# name -> the params it reads, as `Stage.params`.
+PIPELINE_STEPS: dict[str, tuple[str, ...]] = {"publish": ("publish", "runtime.precision")}
 
 
 def producer(path: str) -> Stage | None:

@@ -428,8 +428,14 @@ def _base_dataset(path: str, params: Params) -> store.Dataset:
 
     Raises:
         store.DatasetError: `path` is not a dataset.
-        IngestError: its image size or channels differ from `params.data`.
+        IngestError: `path` is in object storage, or its image size or channels differ from `params.data`.
     """
+    if "://" in path:
+        raise IngestError(
+            f"ingest.append_to {path}: this stage appends to a local dataset folder; an accumulated dataset "
+            "in object storage is grown by a crawl-following run (`labelsieve pipeline run-local` or "
+            "`schedule` with --crawl-root), which downloads it first"
+        )
     base = store.load_dataset(Path(path).expanduser())
     stored = (base.meta["image_size"], base.meta["channels"])
     wanted = (params.data.image_size, params.data.channels)

@@ -16,8 +16,9 @@ Outputs:
   ``decision`` (keep | relabel | drop), ``new_label`` (empty if dropped), ``noise_score``,
   ``predicted_label``, ``confidence``, ``js_given``, ``clean_prob``, and ``true_label`` where the truth
   is known (benchmarks);
-- ``labels.npz``: ``train_labels`` (int64 (N,), the purified label, -1 if dropped) and
-  ``train_decision`` (int8 (N,): 0 keep, 1 relabel, 2 drop), for `retrain` and `export`;
+- ``labels.npz``: ``train_labels`` (int64 (N,), the purified label, -1 if dropped),
+  ``train_decision`` (int8 (N,): 0 keep, 1 relabel, 2 drop) and ``train_probs`` (float32 (N, C), the final
+  networks' mean softmax, which `retrain` can distil), for `retrain` and `export`;
 - ``summary.json``: counts per class and decision, the estimated noise matrix and per-class noise rates;
   with ground truth also the injected noise matrix and the error of the estimate, precision / recall /
   F1 of the flagged samples, AUROC of each score, the accuracy of the relabels, and the label error rate
@@ -211,6 +212,7 @@ def run(
             tmp / "labels.npz",
             train_labels=result.new_labels.astype(np.int64),
             train_decision=result.decision,
+            train_probs=final.float().cpu().numpy(),
         )
         write_json(tmp / "summary.json", summary)
     return {"decisions": summary["decisions"], **summary.get("detection", {})}

@@ -13,9 +13,15 @@ targets, t_i ← m t_i + (1 − m) softmax(z_i); then its CE against argmax t fe
 giving this epoch's clean probabilities w.
 
 Labels: with `retrain.use_purified`, ``<purified_dir>/labels.npz`` (`train_labels`, `train_decision`: 0 keep,
-1 relabel, 2 drop). `retrain.dropped: exclude` leaves dropped samples out; `unlabeled` keeps them with loss
-weight zero, target uniform (their label is unknown) and clean probability zero, so they never dominate a
-synthetic sample. Otherwise (preset `sssl`) the noisy labels of `inject_noise` are used as given.
+1 relabel, 2 drop; `train_probs`: the co-trained ensemble's prediction). `retrain.dropped: exclude` leaves
+dropped samples out; `unlabeled` keeps them with loss weight zero, target uniform (their label is unknown) and
+clean probability zero, so they never dominate a synthetic sample; `ensemble` keeps them with the ensemble's
+prediction as their target. `retrain.distill` = β mixes the ensemble into every kept target,
+t = (1 − β) onehot(label) + β p_ensemble: the single network learns from the ensemble it replaces
+(knowledge distillation). Otherwise (preset `sssl`) the noisy labels of `inject_noise` are used as given.
+
+Start: `retrain.init_from: ssl` starts the network from the first co-trained network of ``<ssl_dir>``
+(fine-tuning it on the purified targets); `scratch` from a fresh initialisation.
 
 Outputs: the model package (labelsieve/package.py), ``history.json`` and ``soft_targets.npz`` (`targets`
 (N, C) float32, `trained` (N,) bool, `loss_weight` (N,) float32, indexed by training sample id).
@@ -61,16 +67,19 @@ class TrainingLabels:
         labels: int64 (N,) class ids; ignored (conventionally -1) where ``decision == DROP``.
         decision: int8 (N,) KEEP, RELABEL or DROP; all KEEP for the raw noisy labels.
         source: "purified" or "noisy".
+        probs: float32 (N, C) the co-trained ensemble's prediction (purify's `train_probs`), or None.
     """
 
     labels: np.ndarray
     decision: np.ndarray
     source: str
+    probs: np.ndarray | None = None
 
     @property
     def digest(self) -> str:
         """Identity of the labels, for the checkpoint key."""
-        return hashlib.sha256(self.labels.tobytes() + self.decision.tobytes()).hexdigest()
+        probs = b"" if self.probs is None else self.probs.tobytes()
+        return hashlib.sha256(self.labels.tobytes() + self.decision.tobytes() + probs).hexdigest()
 
 
 @dataclass
@@ -110,12 +119,21 @@ def read_labels(params: Params, data: TrainingData, purified_dir: str | Path | N
             if missing:
                 raise LabelsieveError(f"{path} lacks array(s) {', '.join(sorted(missing))}")
             labels, decision = arrays["train_labels"], arrays["train_decision"]
+            probs = arrays["train_probs"] if "train_probs" in arrays.files else None
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise LabelsieveError(f"{path} is not a readable .npz file: {err}") from err
     problems = []
     for name, array in (("train_labels", labels), ("train_decision", decision)):
         if array.shape != (n,) or array.dtype.kind not in "iu":
             problems.append(f"{name} must be integers of shape ({n},), got {array.dtype} {array.shape}")
+    wants_probs = params.retrain.distill > 0 or params.retrain.dropped == "ensemble"
+    if probs is None and wants_probs:
+        problems.append(
+            "it has no train_probs (the ensemble's prediction; purify writes it), which "
+            "retrain.distill > 0 or retrain.dropped: ensemble needs"
+        )
+    elif probs is not None and (probs.shape != (n, classes) or not np.isfinite(probs).all()):
+        problems.append(f"train_probs must be finite of shape ({n}, {classes}), got {probs.shape}")
     if not problems:
         if not np.isin(decision, (KEEP, RELABEL, DROP)).all():
             problems.append("train_decision holds values other than 0 (keep), 1 (relabel), 2 (drop)")
@@ -126,21 +144,61 @@ def read_labels(params: Params, data: TrainingData, purified_dir: str | Path | N
             problems.append(f"only {used.size} sample(s) are kept; retrain needs at least 2")
     if problems:
         raise LabelsieveError(f"{path} does not fit the training set of {n} samples: " + "; ".join(problems))
-    return TrainingLabels(labels.astype(np.int64), decision.astype(np.int8), "purified")
+    used_probs = probs.astype(np.float32) if probs is not None and wants_probs else None
+    return TrainingLabels(labels.astype(np.int64), decision.astype(np.int8), "purified", used_probs)
 
 
 def initial_state(
-    labels: TrainingLabels, num_classes: int, dropped: str, device: torch.device
+    labels: TrainingLabels, num_classes: int, cfg: RetrainConfig, device: torch.device
 ) -> SampleState:
-    """Soft targets onehot(label) (uniform for dropped samples), loss weights and the iterated ids."""
+    """Soft targets, loss weights and the iterated ids (the module docstring's `dropped` and `distill`).
+
+    A kept sample's target is onehot(label), mixed with the ensemble's prediction when `cfg.distill` > 0;
+    a dropped one's is uniform with weight 0 (`unlabeled`) or the ensemble's prediction (`ensemble`).
+    """
     decision = torch.from_numpy(labels.decision).to(device)
     kept = decision != DROP
     safe = torch.from_numpy(labels.labels).to(device).clamp(0, num_classes - 1)  # -1 would break one_hot
-    onehot = F.one_hot(safe, num_classes).float()
-    targets = torch.where(kept[:, None], onehot, torch.full_like(onehot, 1.0 / num_classes))
+    targets = F.one_hot(safe, num_classes).float()
+    ensemble = None if labels.probs is None else torch.from_numpy(labels.probs).to(device)
+    if ensemble is not None and cfg.distill > 0:
+        targets = (1.0 - cfg.distill) * targets + cfg.distill * ensemble
+    if cfg.dropped == "ensemble" and ensemble is not None:
+        targets = torch.where(kept[:, None], targets, ensemble)
+        loss_weight = torch.ones(len(decision), device=device)
+    else:
+        targets = torch.where(kept[:, None], targets, torch.full_like(targets, 1.0 / num_classes))
+        loss_weight = kept.float()
     ids = torch.arange(len(decision), device=device)
-    train_ids = ids[kept] if dropped == "exclude" else ids
-    return SampleState(train_ids=train_ids, loss_weight=kept.float(), targets=targets)
+    train_ids = ids[loss_weight > 0] if cfg.dropped == "exclude" else ids
+    return SampleState(train_ids=train_ids, loss_weight=loss_weight, targets=targets)
+
+
+def starting_network(
+    params: Params, data: TrainingData, ssl_dir: str | Path | None, device: torch.device
+) -> torch.nn.Module:
+    """The network retrain starts from: the first co-trained one (`init_from: ssl`) or a fresh one.
+
+    Raises:
+        LabelsieveError: `init_from` is ``ssl`` and `ssl_dir` holds no networks.
+    """
+    if params.retrain.init_from == "scratch":
+        (model,) = loop.build_networks(params, data, 1, device)
+        return model
+    if ssl_dir is None or not (Path(ssl_dir) / "networks.json").is_file():
+        raise LabelsieveError(
+            f"{Path(ssl_dir or '') / 'networks.json'} is missing: retrain.init_from: ssl starts from the "
+            "ssl_train stage's networks. Run `labelsieve ssl-train` first (or pass its output as --ssl-dir), "
+            "or set retrain.init_from: scratch"
+        )
+    return loop.load_networks(ssl_dir, params, data, device)[0]
+
+
+def _start_digest(params: Params, ssl_dir: str | Path | None) -> str:
+    """Identity of the starting weights, for the checkpoint key ("scratch" or the hash of net1.pt)."""
+    if params.retrain.init_from == "scratch" or ssl_dir is None:
+        return "scratch"
+    return hashlib.sha256((Path(ssl_dir) / "net1.pt").read_bytes()).hexdigest()
 
 
 def phase(epoch: int, cfg: RetrainConfig) -> Phase:
@@ -380,22 +438,24 @@ def run(
     dataset_dir: str | Path,
     labels_dir: str | Path,
     purified_dir: str | Path | None,
+    ssl_dir: str | Path | None = None,
     out_dir: str | Path,
 ) -> dict[str, Any]:
     """Train the deployable network for `params.retrain.epochs` epochs; resumable from a per-epoch checkpoint.
 
     Args:
         purified_dir: the purify stage's output; read only when `retrain.use_purified` is true.
+        ssl_dir: the ssl_train stage's output; read only when `retrain.init_from` is ``ssl``.
 
     Raises:
-        LabelsieveError: the purified labels are missing or do not fit the training set.
+        LabelsieveError: the purified labels or the networks to start from are missing or do not fit.
     """
     cfg = params.retrain
     device = resolve_device(params.runtime.device)
     data = TrainingData.load(dataset_dir, labels_dir, device)
     labels = read_labels(params, data, purified_dir)
-    state = initial_state(labels, data.num_classes, cfg.dropped, device)
-    (model,) = loop.build_networks(params, data, 1, device)
+    state = initial_state(labels, data.num_classes, cfg, device)
+    model = starting_network(params, data, ssl_dir, device)
     optimizer = loop.make_optimizer(model, params.model)
     generators = loop.Generators(params.runtime.seed, "retrain", device)
     checkpoint = Checkpoint(
@@ -404,6 +464,7 @@ def run(
             "stage": "retrain",
             "data": data.key,
             "labels": labels.digest,
+            "start": _start_digest(params, ssl_dir),
             "model": params.model,
             "retrain": cfg,
             "seed": params.runtime.seed,

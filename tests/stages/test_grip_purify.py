@@ -10,7 +10,7 @@ import torch
 from labelsieve.config import load_params
 from labelsieve.data.store import load_dataset
 from labelsieve.engine import checkpoint as checkpoint_module
-from labelsieve.export import export, folder_name
+from labelsieve.export import export
 from labelsieve.maths.purification import DROP
 from labelsieve.stages import co_divide, group_regularize, ingest, inject_noise, purify, ssl_train, warmup
 
@@ -178,16 +178,19 @@ def test_export_then_ingest_gives_back_the_purified_labels(pipeline, tmp_path):
     root, dirs = pipeline
     dataset = load_dataset(dirs["dataset_dir"])
     purified = np.load(root / "purified" / "labels.npz")
-    expected = {}  # sha256 -> class name, for the purified training samples and the validation samples
+    expected = {"train": {}, "test": {}}  # split -> sha256 -> class name
     for i, sha in enumerate(dataset.samples["train"]["sha256"]):
         if purified["train_decision"][i] != DROP:
-            expected[sha] = dataset.classes[purified["train_labels"][i]]
-    for i, sha in enumerate(dataset.samples["val"]["sha256"]):
-        expected[sha] = dataset.classes[dataset.samples["val"]["label"][i]]
+            expected["train"][sha] = dataset.classes[purified["train_labels"][i]]
+    for split, into in (("val", "train"), ("test", "test")):  # val joins the training pool again
+        for sha, label in zip(dataset.samples[split]["sha256"], dataset.samples[split]["label"], strict=True):
+            expected[into][sha] = dataset.classes[label]
     for fmt in ("folder", "csv"):
         out = tmp_path / fmt
         counts = export(dirs["dataset_dir"], root / "purified", out, fmt=fmt, dropped="folder")
         assert counts["dropped"] == int(np.sum(purified["train_decision"] == DROP))
+        # digits has no files: every sample is written from its stored pixels
+        assert counts["originals"] == 0 and counts["pixels"] == sum(dataset.meta["counts"].values())
         source = out if fmt == "folder" else out / "manifest.csv"
         params = load_params(
             None,
@@ -196,9 +199,17 @@ def test_export_then_ingest_gives_back_the_purified_labels(pipeline, tmp_path):
         )
         ingest.run(params, out_dir=tmp_path / f"re-{fmt}")
         again = load_dataset(tmp_path / f"re-{fmt}")
-        got = {}
-        for split in ("train", "test") if fmt == "folder" else ("train",):
-            for sha, label in zip(again.samples[split]["sha256"], again.samples[split]["label"], strict=True):
-                got[sha] = again.classes[label]
-        assert got == {sha: folder_name(name) if fmt == "folder" else name for sha, name in expected.items()}
+        assert again.classes == dataset.classes
+        got = {
+            split: {
+                sha: again.classes[label]
+                for sha, label in zip(
+                    again.samples[split]["sha256"], again.samples[split]["label"], strict=True
+                )
+            }
+            for split in ("train", "test")
+        }
+        assert got == expected, fmt
+        report = json.loads((tmp_path / f"re-{fmt}" / "ingest_report.json").read_text())
+        assert report["skipped_counts"] == {"dropped_by_purify": counts["dropped"]}
     assert (tmp_path / "folder" / "_dropped").is_dir()

@@ -208,3 +208,44 @@ def test_sssl_beats_ce_on_digits_at_40_percent_symmetric_noise(data_dirs, tmp_pa
     )
     sssl = _retrain(_params(f"retrain.epochs={budget}"), data_dirs, tmp_path / "sssl")
     assert sssl["test_acc"] > ce["test_acc"] + 0.02, (sssl["test_acc"], ce["test_acc"])
+
+
+# ----------------------------------------------------------------------------- distillation from the ensemble
+
+
+def _labels_with_probs() -> retrain.TrainingLabels:
+    """Three samples, three classes: kept as 0, relabelled to 2, dropped; the ensemble's predictions."""
+    probs = np.array([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6], [0.1, 0.7, 0.2]], dtype=np.float32)
+    return retrain.TrainingLabels(
+        np.array([0, 2, -1]),
+        np.array([retrain.KEEP, retrain.RELABEL, retrain.DROP], np.int8),
+        "purified",
+        probs,
+    )
+
+
+def test_distill_targets_mix_onehot_and_ensemble_by_hand():
+    cfg = _params("retrain.distill=0.25", "retrain.dropped=exclude").retrain
+    state = retrain.initial_state(_labels_with_probs(), 3, cfg, torch.device("cpu"))
+    # 0.75 onehot + 0.25 p: [0.75 + 0.15, 0.075, 0.025] and [0.05, 0.05, 0.75 + 0.15]
+    expected = torch.tensor([[0.9, 0.075, 0.025], [0.05, 0.05, 0.9]])
+    torch.testing.assert_close(state.targets[:2], expected)
+    assert state.train_ids.tolist() == [0, 1] and state.loss_weight.tolist() == [1.0, 1.0, 0.0]
+
+
+def test_dropped_ensemble_keeps_dropped_samples_with_the_ensemble_target():
+    cfg = _params("retrain.distill=0", "retrain.dropped=ensemble").retrain
+    labels = _labels_with_probs()
+    state = retrain.initial_state(labels, 3, cfg, torch.device("cpu"))
+    torch.testing.assert_close(state.targets[2], torch.from_numpy(labels.probs[2]))
+    torch.testing.assert_close(state.targets[0], torch.tensor([1.0, 0.0, 0.0]))  # β = 0: onehot
+    assert state.train_ids.tolist() == [0, 1, 2] and state.loss_weight.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_distill_without_ensemble_probabilities_names_the_missing_array(data_dirs, tmp_path):
+    n = len(np.load(data_dirs["labels_dir"] / "labels.npz")["train_true_labels"])
+    np.savez(tmp_path / "labels.npz", train_labels=np.zeros(n, np.int64), train_decision=np.zeros(n, np.int8))
+    with pytest.raises(LabelsieveError, match=r"no train_probs.*retrain\.distill"):
+        _retrain(
+            _params("retrain.use_purified=true", "retrain.distill=0.5"), data_dirs, tmp_path / "m", tmp_path
+        )
