@@ -23,7 +23,7 @@ import torch
 from labelsieve.atomic import save_torch, write_json
 from labelsieve.config import Params
 from labelsieve.engine.resident import TrainingData
-from labelsieve.errors import LabelsieveError
+from labelsieve.errors import LabelsieveError, field_problems
 from labelsieve.models import Classifier, build_model
 
 FORMAT_VERSION = 1
@@ -118,11 +118,7 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
         raise PackageError(f"{path} is not valid JSON: {err}") from err
     if not isinstance(meta, dict):
         raise PackageError(f"{path} must hold a JSON object")
-    problems = [
-        f"{key} is missing or not {' or '.join(t.__name__ for t in types)}"
-        for key, types in _FIELDS.items()
-        if not isinstance(meta.get(key), types) or isinstance(meta.get(key), bool)
-    ]
+    problems = field_problems(meta, _FIELDS)
     if not problems:
         if meta["format_version"] != FORMAT_VERSION:
             problems.append(f"format_version {meta['format_version']} is not {FORMAT_VERSION}")

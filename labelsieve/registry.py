@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from labelsieve.errors import LabelsieveError
+from labelsieve.errors import LabelsieveError, field_problems
 from labelsieve.storage import Location, LocationError, open_location
 
 LATEST = "latest.json"
@@ -76,11 +76,7 @@ def read_latest(root: Location) -> dict[str, Any] | None:
         raise RegistryError(f"{where} is damaged: not valid JSON ({err})") from err
     if not isinstance(pointer, dict):
         raise RegistryError(f"{where} is damaged: expected a JSON object")
-    problems = [
-        f"{key} is missing or not {' or '.join(t.__name__ for t in types)}"
-        for key, types in POINTER_FIELDS.items()
-        if not isinstance(pointer.get(key), types) or isinstance(pointer.get(key), bool)
-    ]
+    problems = field_problems(pointer, POINTER_FIELDS)
     if not problems and not VERSION.fullmatch(pointer["version"]):
         problems.append(f"version {pointer['version']!r} is not of the form 20261121T030012Z-1a2b3c4d")
     if not problems and pointer["path"] != version_folder(pointer["version"]):

@@ -61,6 +61,22 @@ def image_folder(tmp_path: Path) -> Callable[[dict[str, int]], Path]:
     return build
 
 
+# Digits through every stage in seconds: one thread on the CPU, one epoch per training stage (two for
+# retrain, whose synthetic phase starts at its second).
+TINY_PIPELINE = (
+    "runtime.progress=never",
+    "runtime.device=cpu",
+    "runtime.threads=1",
+    "warmup.epochs=1",
+    "ssl_train.epochs=1",
+    "group_regularize.epochs=1",
+    "group_regularize.warmup_epochs=1",
+    "retrain.epochs=2",
+    "retrain.synthetic_start=1",
+    "evaluate.gallery_size=4",
+)
+
+
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
     """A moto S3 server on 127.0.0.1 for the whole session (its endpoint URL); stopped afterwards."""

@@ -21,24 +21,13 @@ import torch
 
 from labelsieve import kfp_client
 from labelsieve.cli import main
+from tests.conftest import TINY_PIPELINE
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_IMAGE = "labelsieve:test"
 
 # As tests/test_pipeline_local.py: digits, one epoch per training stage, one thread, deterministic on the CPU.
-TINY = (
-    "runtime.progress=never",
-    "runtime.device=cpu",
-    "runtime.threads=1",
-    "ingest.per_class_limit=40",
-    "warmup.epochs=1",
-    "ssl_train.epochs=1",
-    "group_regularize.epochs=1",
-    "group_regularize.warmup_epochs=1",
-    "retrain.epochs=2",
-    "retrain.synthetic_start=1",
-    "evaluate.gallery_size=4",
-)
+TINY = (*TINY_PIPELINE, "ingest.per_class_limit=40")
 
 
 def _engine_answers() -> bool:

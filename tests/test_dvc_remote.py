@@ -10,7 +10,6 @@ from pathlib import Path
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from tests.conftest import free_port, random_png
 
@@ -33,16 +32,6 @@ for file in sorted(Path("data/raw").iterdir()):
     (out / f"{file.name}.rev").write_bytes(file.read_bytes()[::-1])
 """
 AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    """A moto S3 server on 127.0.0.1 for this module; stopped afterwards."""
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -99,14 +88,14 @@ def _wipe_and_pull(root: Path, env: dict[str, str]) -> dict[str, bytes]:
     return before
 
 
-def test_dvc_push_and_pull_through_an_s3_remote(tmp_path, moto_endpoint):
+def test_dvc_push_and_pull_through_an_s3_remote(tmp_path, moto_server):
     env = _env(tmp_path / "home")
     root = tmp_path / "project"
     _project(root, env)
     bucket = f"dvc-{free_port()}"
     s3 = boto3.client(
         "s3",
-        endpoint_url=moto_endpoint,
+        endpoint_url=moto_server,
         region_name="us-east-1",
         aws_access_key_id=AWS["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=AWS["AWS_SECRET_ACCESS_KEY"],
@@ -114,7 +103,7 @@ def test_dvc_push_and_pull_through_an_s3_remote(tmp_path, moto_endpoint):
     s3.create_bucket(Bucket=bucket)
     # the README's commands for an S3 remote (MinIO, SeaweedFS or moto: with an endpointurl)
     _dvc(root, env, "remote", "add", "-d", "s3store", f"s3://{bucket}/labelsieve")
-    _dvc(root, env, "remote", "modify", "s3store", "endpointurl", moto_endpoint)
+    _dvc(root, env, "remote", "modify", "s3store", "endpointurl", moto_server)
     _dvc(root, env, "push", "-q")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
     assert len(keys) >= 6 and all(k.startswith("labelsieve/files/md5/") for k in keys)

@@ -10,23 +10,12 @@ import torch
 from labelsieve.cli import main
 from labelsieve.config import load_params
 from labelsieve.stages import STAGES
+from tests.conftest import TINY_PIPELINE
 
 pytestmark = pytest.mark.integration
 
 # Digits, one epoch per training stage, one thread: seconds per stage, deterministic on the CPU.
-TINY = (
-    "runtime.progress=never",
-    "runtime.device=cpu",
-    "runtime.threads=1",
-    "ingest.per_class_limit=40",
-    "warmup.epochs=1",
-    "ssl_train.epochs=1",
-    "group_regularize.epochs=1",
-    "group_regularize.warmup_epochs=1",
-    "retrain.epochs=2",
-    "retrain.synthetic_start=1",
-    "evaluate.gallery_size=4",
-)
+TINY = (*TINY_PIPELINE, "ingest.per_class_limit=40")
 
 
 def _numbers(path):

@@ -24,23 +24,12 @@ from labelsieve import kfp_client
 from labelsieve.config import load_params
 from labelsieve.data.store import load_dataset
 from labelsieve.storage import open_location
+from tests.conftest import TINY_PIPELINE
 
 pytestmark = pytest.mark.integration
 
 # Digits, one epoch per training stage, one thread; real crawls carry their own noise: none injected.
-TINY = (
-    "runtime.progress=never",
-    "runtime.device=cpu",
-    "runtime.threads=1",
-    "inject_noise.rate=0",
-    "warmup.epochs=1",
-    "ssl_train.epochs=1",
-    "group_regularize.epochs=1",
-    "group_regularize.warmup_epochs=1",
-    "retrain.epochs=2",
-    "retrain.synthetic_start=1",
-    "evaluate.gallery_size=4",
-)
+TINY = (*TINY_PIPELINE, "inject_noise.rate=0")
 
 
 def _land_crawl(client, bucket: str, name: str, rows: range) -> None:
