@@ -10,6 +10,7 @@ their data first and the one object that names it (a ledger, a pointer) last.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from dataclasses import dataclass
@@ -37,7 +38,9 @@ class Location:
         """Whether the location is in object storage."""
         return self.path is None
 
+    @functools.cached_property
     def _client(self) -> Any:
+        """One boto3 client for every operation on this location (made on first use)."""
         from labelsieve.data import s3  # boto3: imported only for an s3:// location
 
         return s3.make_client()
@@ -69,7 +72,7 @@ class Location:
         from labelsieve.data import s3
 
         try:
-            return s3.read_object(self._client(), self.bucket, self.prefix + _checked(name))
+            return s3.read_object(self._client, self.bucket, self.prefix + _checked(name))
         except s3.ObjectMissing:
             return None
 
@@ -82,7 +85,7 @@ class Location:
             return
         from labelsieve.data import s3
 
-        s3.write_object(self._client(), self.bucket, self.prefix + _checked(name), data)
+        s3.write_object(self._client, self.bucket, self.prefix + _checked(name), data)
 
     def upload(self, source: Path, name: str) -> None:
         """Copy the local file `source` to `name` (complete or absent, never half there)."""
@@ -94,7 +97,7 @@ class Location:
             return
         from labelsieve.data import s3
 
-        s3.upload_file(self._client(), source, self.bucket, self.prefix + _checked(name))
+        s3.upload_file(self._client, source, self.bucket, self.prefix + _checked(name))
 
     def download(self, name: str, target: Path) -> None:
         """Copy `name` to the local file `target`.
@@ -114,7 +117,7 @@ class Location:
         from labelsieve.data import s3
 
         try:
-            s3.download_file(self._client(), self.bucket, self.prefix + _checked(name), target)
+            s3.download_file(self._client, self.bucket, self.prefix + _checked(name), target)
         except s3.ObjectMissing as err:
             raise LocationError(str(err)) from err
 
@@ -129,7 +132,7 @@ class Location:
         from labelsieve.data import s3
 
         start = self.prefix + (_checked(under).rstrip("/") + "/" if under else "")
-        keys = s3.list_keys(self._client(), self.bucket, start)
+        keys = s3.list_keys(self._client, self.bucket, start)
         return sorted(key[len(self.prefix) :] for key in keys)
 
     def delete(self, names: list[str]) -> None:
@@ -147,7 +150,7 @@ class Location:
             return
         from labelsieve.data import s3
 
-        s3.delete_keys(self._client(), self.bucket, [self.prefix + _checked(name) for name in names])
+        s3.delete_keys(self._client, self.bucket, [self.prefix + _checked(name) for name in names])
 
 
 def open_location(uri: str) -> Location:

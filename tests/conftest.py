@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.server
 import io
 import socket
 from collections.abc import Callable, Iterator
@@ -59,6 +60,21 @@ def image_folder(tmp_path: Path) -> Callable[[dict[str, int]], Path]:
         return root
 
     return build
+
+
+class XmlHandler(http.server.BaseHTTPRequestHandler):
+    """Base of the fake S3 servers in tests: answers with an XML body and logs nothing."""
+
+    def reply_xml(self, status: int, body: bytes) -> None:
+        """Send `body` as an XML response with status `status`."""
+        self.send_response(status)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
 
 
 # Digits through every stage in seconds: one thread on the CPU, one epoch per training stage (two for

@@ -23,6 +23,7 @@ from labelsieve.config import load_params
 from labelsieve.data import s3
 from labelsieve.engine.checkpoint import Checkpoint
 from labelsieve.stages import STAGES
+from tests.conftest import XmlHandler
 
 pytestmark = pytest.mark.integration
 
@@ -241,7 +242,7 @@ def test_a_truncated_input_file_exits_2_naming_it_and_writes_nothing(
 # --------------------------------------------------------------------------- 4. object store dies
 
 
-class _DyingListing(http.server.BaseHTTPRequestHandler):
+class _DyingListing(XmlHandler):
     """Answers the first ListObjectsV2 page (truncated, 2 keys), then drops every later request."""
 
     protocol_version = "HTTP/1.1"
@@ -264,14 +265,7 @@ class _DyingListing(http.server.BaseHTTPRequestHandler):
             f"<IsTruncated>true</IsTruncated><NextContinuationToken>page2</NextContinuationToken>{keys}"
             "</ListBucketResult>"
         ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/xml")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.reply_xml(200, body)
 
 
 def test_an_object_store_dying_mid_listing_stops_ingest_with_one_error(tmp_path, monkeypatch, capsys):

@@ -16,7 +16,7 @@ from labelsieve.data import s3
 from labelsieve.data.sources import SourceError
 from labelsieve.data.store import load_dataset
 from labelsieve.stages import ingest
-from tests.conftest import free_port, random_png
+from tests.conftest import XmlHandler, free_port, random_png
 
 
 @pytest.fixture
@@ -210,7 +210,7 @@ def test_ingest_from_a_silent_endpoint_fails_quickly_and_logs_the_retries(
     _assert_nothing_written(tmp_path)
 
 
-class _ErrorHandler(http.server.BaseHTTPRequestHandler):
+class _ErrorHandler(XmlHandler):
     """Answers every request with the S3 error in `status` and `code` (class attributes set per test)."""
 
     status = 503
@@ -218,14 +218,7 @@ class _ErrorHandler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         body = f"<?xml version='1.0'?><Error><Code>{self.code}</Code><Message>no</Message></Error>".encode()
-        self.send_response(self.status)
-        self.send_header("Content-Type", "application/xml")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.reply_xml(self.status, body)
 
 
 @pytest.mark.parametrize(
