@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import platform
 import resource
 import subprocess
@@ -38,3 +39,14 @@ def git_commit() -> str:
     if head.returncode != 0:
         return "unknown"
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def parse_sizes(text: str) -> list[int]:
+    """``"1e5,1e6"`` -> [100000, 1000000]."""
+    sizes = []
+    for item in text.split(","):
+        value = float(item)
+        if value != int(value) or value < 2:
+            raise argparse.ArgumentTypeError(f"sizes must be integers >= 2, got {item!r}")
+        sizes.append(int(value))
+    return sizes

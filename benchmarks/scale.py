@@ -44,7 +44,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.environment import cpu_model, git_commit, peak_rss_mib  # noqa: E402
+from benchmarks.environment import cpu_model, git_commit, parse_sizes, peak_rss_mib  # noqa: E402
 from labelsieve.atomic import write_json, write_text  # noqa: E402
 from labelsieve.config import Params, load_params  # noqa: E402
 from labelsieve.maths import division, grip, purification  # noqa: E402
@@ -58,17 +58,6 @@ NOISE_RATE = 0.45  # share of given labels that are wrong (sym50 flips about 45%
 MARGIN = 4.0  # logit added to the true class; noise is N(0, 1) per logit
 CHUNK = 1 << 20  # rows generated at a time, so that building the inputs never sets the peak RSS
 WARMUP_N = 4096  # one untimed pass at this size first, so lazy initialisation is not timed
-
-
-def parse_sizes(text: str) -> list[int]:
-    """``"1e5,1e6"`` -> [100000, 1000000]."""
-    sizes = []
-    for item in text.split(","):
-        value = float(item)
-        if value != int(value) or value < 2:
-            raise argparse.ArgumentTypeError(f"sizes must be integers >= 2, got {item!r}")
-        sizes.append(int(value))
-    return sizes
 
 
 def synthetic_outputs(n: int, *, seed: int) -> dict[str, torch.Tensor]:

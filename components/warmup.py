@@ -29,3 +29,49 @@ def warmup(
         dataset_dir=dataset_dir.path,
         labels_dir=labels_dir.path,
     )
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def warmup_torchrun(
+    params_yaml: str,
+    launcher: str,
+    dataset_dir: Input[Dataset],
+    labels_dir: Input[Dataset],
+    out: Output[Model],
+    metrics: Output[Metrics],
+):
+    """Run `warmup` under `launcher` (`torchrun --standalone --nproc_per_node N`): data-parallel."""
+    from labelsieve.launch import run_stage_launched
+
+    run_stage_launched(
+        "warmup",
+        params_yaml,
+        metrics,
+        launcher=launcher,
+        out_dir=out.path,
+        dataset_dir=dataset_dir.path,
+        labels_dir=labels_dir.path,
+    )
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def warmup_pytorchjob(
+    params_yaml: str,
+    job: dict,
+    dataset_dir: Input[Dataset],
+    labels_dir: Input[Dataset],
+    out: Output[Model],
+    metrics: Output[Metrics],
+):
+    """Run `warmup` as a multi-node PyTorchJob (labelsieve/pytorchjob.py) and wait for it."""
+    from labelsieve.pytorchjob import run_stage_job
+
+    run_stage_job(
+        "warmup",
+        params_yaml,
+        metrics,
+        job=job,
+        out_dir=out.path,
+        out_uri=out.uri,
+        inputs={"dataset_dir": dataset_dir.uri, "labels_dir": labels_dir.uri},
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -82,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
                 help="input directory (default: %(default)s)",
             )
         sub.add_argument("--out-dir", default=stage.out_dir, help="output directory (default: %(default)s)")
+        sub.add_argument(
+            "--summary-json",
+            metavar="PATH",
+            help="also write the printed summary here (under torchrun: rank 0 only; labelsieve/launch.py)",
+        )
         if stage.name == "evaluate":
             sub.add_argument(
                 "--metrics-dir",
@@ -114,6 +120,9 @@ def _add_run(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
 
 def _run(args: argparse.Namespace) -> int:
     """Run `labelsieve run`: the whole DAG through the same run() functions dvc.yaml calls."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would ingest and write every stage
+        print("labelsieve run: error: under torchrun, launch each stage on its own", file=sys.stderr)
+        return 2
     summary: dict = {}
     try:
         params = _params(args)
@@ -273,6 +282,17 @@ def os_error_message(err: OSError) -> str:
     return f"{err.strerror or type(err).__name__}: {files}"
 
 
+# Stages that train or predict data-parallel under torchrun (labelsieve/engine/distributed.py); under
+# torchrun the others run on rank 0 alone.
+DATA_PARALLEL = frozenset({"warmup", "co_divide", "ssl_train", "group_regularize", "purify", "retrain"})
+
+
+def not_this_rank(stage: str) -> bool:
+    """Whether torchrun started this process as a rank other than 0 for a stage that is not data-parallel."""
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return launched and os.environ.get("RANK", "0") != "0" and stage not in DATA_PARALLEL
+
+
 def _command(args: argparse.Namespace) -> int:
     """Dispatch one parsed command."""
     if args.command == "predict":
@@ -286,6 +306,8 @@ def _command(args: argparse.Namespace) -> int:
     if args.command == "run":
         return _run(args)
     stage = STAGES[args.stage]
+    if not_this_rank(stage.name):
+        return 0
     inputs = {name: getattr(args, name) for name in stage.inputs}
     if missing := missing_inputs(stage, inputs):
         for line in missing:
@@ -298,6 +320,10 @@ def _command(args: argparse.Namespace) -> int:
     except (LabelsieveError, FileNotFoundError) as err:
         print(f"labelsieve {args.command}: error: {err}", file=sys.stderr)
         return 2
+    if args.summary_json and os.environ.get("RANK", "0") == "0":  # torchrun sets RANK in every process
+        from labelsieve.atomic import write_text  # numpy: not needed to build the parser
+
+        write_text(args.summary_json, json.dumps(summary, indent=2, default=str) + "\n")
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

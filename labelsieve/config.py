@@ -97,6 +97,9 @@ class RuntimeConfig:
     progress: Literal["auto", "always", "never"] = "auto"  # auto: only when stderr is a terminal
     compile: bool = False  # torch.compile the networks
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA and on CPUs with native bf16
+    # resident: every split on the device; stream: images stay memory-mapped and arrive per batch (data larger
+    # than the device); auto: resident when they fit in half the free device (or host) memory
+    data_path: Literal["auto", "resident", "stream"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -235,6 +238,7 @@ class RetrainConfig:
         0.0, 0.0, 1.0, doc="β: weight of the ensemble's prediction in each kept target (distillation)"
     )
     init_from: Literal["scratch", "ssl"] = "scratch"  # ssl: fine-tune the first co-trained network
+    package: Literal["single", "ensemble"] = "single"  # ensemble: + the co-trained networks, mean logits
     warmup_epochs: int = bounded(1, 0, 100_000, doc="CE epochs first (published 10 of 300)")
     mixup_alpha: float = bounded(1.0, 0.0, None, lo_open=True, doc="ordinary mixup until synthetic_start")
     synthetic_start: int = bounded(

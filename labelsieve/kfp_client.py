@@ -217,7 +217,9 @@ def run_local(
         except RuntimeError as err:
             raise RuntimeError(f"{err} (full output: {log})") from err
     (run_dir,) = {path for path in set(root.iterdir()) - before if path.is_dir()}
-    found = {path.parent.name: path for path in run_dir.glob("**/out")}  # tasks under dsl.If sit deeper
+    found = {  # tasks under dsl.If sit deeper; a package compiled for N GPUs names its tasks <stage>-torchrun
+        path.parent.name.removesuffix("-torchrun"): path for path in run_dir.glob("**/out")
+    }
     outputs = {name: found.get(name.replace("_", "-"), run_dir / "-") for name in (*STAGES, *PIPELINE_STEPS)}
     return {
         "run_dir": str(run_dir),

@@ -15,6 +15,7 @@ Weights come only from a local state-dict file (``pretrained_path``); nothing is
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 
 import torch
@@ -216,11 +217,16 @@ def build_model(
     return model
 
 
+_SHOWN = 12  # problems named in a load error; the rest are counted
+
+
 def load_pretrained(model: Classifier, path: str | os.PathLike[str]) -> None:
-    """Load a local state dict into ``model`` in place, keeping the fresh head if its shape differs.
+    """Load a local state dict into ``model`` in place, keeping the fresh head if the file's differs.
 
     Every backbone tensor must be present with the right shape; the head (``fc.*``) is loaded only when
-    the file has it with the same shape, so an ImageNet checkpoint fits a C-class model.
+    the file has it with the same shape, so torchvision's ImageNet file (1000-class ``fc``) fits a C-class
+    model: its head is left out, which one line on stderr says. BatchNorm ``num_batches_tracked``
+    counters may be absent (files saved before torch 0.4.1 have none; they only count batches).
 
     Args:
         model: a model from :func:`build_model`.
@@ -228,24 +234,39 @@ def load_pretrained(model: Classifier, path: str | os.PathLike[str]) -> None:
 
     Raises:
         FileNotFoundError: path does not exist.
-        ValueError: the file is not a state dict, or backbone keys are missing, extra or misshapen.
+        ValueError: the file is not a state dict, or backbone keys are missing, extra or misshapen (named).
     """
+    name = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"pretrained weights not found: {os.fspath(path)}")
+        raise FileNotFoundError(f"pretrained weights not found: {name}")
     state = torch.load(path, weights_only=True, map_location="cpu")
     if not isinstance(state, dict):
-        raise ValueError(f"{os.fspath(path)}: expected a state dict, got {type(state).__name__}")
+        raise ValueError(f"{name}: expected a state dict, got {type(state).__name__}")
     own = model.state_dict()
-    keep = {
-        k: v for k, v in state.items() if not (k.startswith("fc.") and k in own and v.shape != own[k].shape)
-    }
-    problems = [f"missing {k}" for k in own if k not in keep and not k.startswith("fc.")]
-    problems += [f"unexpected {k}" for k in keep if k not in own]
-    problems += [
+    head = {k: v for k, v in state.items() if k.startswith("fc.")}
+    new_head = any(k in own and v.shape != own[k].shape for k, v in head.items()) or not head
+    keep = {k: v for k, v in state.items() if not (new_head and k.startswith("fc."))}
+    optional = [k for k in own if k.endswith(".num_batches_tracked") or (new_head and k.startswith("fc."))]
+    missing = [f"missing {k}" for k in own if k not in keep and k not in optional]
+    misshapen = [
         f"shape of {k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
         for k, v in keep.items()
         if k in own and v.shape != own[k].shape
     ]
-    if problems:
-        raise ValueError(f"{os.fspath(path)} does not fit the model: " + "; ".join(problems))
+    unexpected = [f"unexpected {k}" for k in keep if k not in own]
+    if problems := missing + misshapen + unexpected:
+        counts = f"{len(missing)} missing, {len(misshapen)} misshapen, {len(unexpected)} unexpected keys"
+        shown = problems[:_SHOWN] + ([f"... {len(problems) - _SHOWN} more"] if len(problems) > _SHOWN else [])
+        hint = ""
+        if any(k.startswith("module.") for k in keep):
+            hint = " (saved from a DataParallel/DDP wrapper? strip the 'module.' prefix of its keys)"
+        raise ValueError(f"{name} does not fit the model ({counts}): " + "; ".join(shown) + hint)
     model.load_state_dict(keep, strict=False)
+    if new_head:
+        was = f"its {head['fc.weight'].shape[0]}-class head" if "fc.weight" in head else "it has no head"
+        print(
+            f"pretrained weights {name}: backbone loaded; {was} is replaced by a fresh "
+            f"{model.fc.out_features}-class fc",
+            file=sys.stderr,
+            flush=True,
+        )

@@ -36,7 +36,25 @@ def add_pipeline_command(
         help=f"where to write (default: {kfp_client.PACKAGE}, only with the default image)",
     )
     comp.add_argument("--image", help="container image of every task (default: components/image.py)")
-    comp.add_argument("--gpus", type=int, default=1, help="GPUs per training task (default: %(default)s)")
+    comp.add_argument(
+        "--gpus-per-stage",
+        "--gpus",
+        dest="gpus",
+        type=int,
+        default=1,
+        metavar="N",
+        help="GPUs per training task; N > 1 runs warmup, ssl_train, group_regularize and retrain under "
+        "`torchrun --standalone --nproc_per_node N` in one pod (default: %(default)s)",
+    )
+    comp.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        metavar="M",
+        help="pods per training task; M > 1 runs each as a Kubeflow training-operator PyTorchJob of M pods "
+        "with --gpus-per-stage GPUs each (labelsieve/pytorchjob.py; never run on a cluster yet) "
+        "(default: %(default)s)",
+    )
     comp.add_argument("--accelerator", default="nvidia.com/gpu", help="GPU resource (default: %(default)s)")
     comp.add_argument(
         "--node-selector", action="append", default=[], metavar="KEY=VALUE", help="GPU node label; repeatable"
@@ -138,15 +156,20 @@ def _dispatch(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _compile(args: argparse.Namespace) -> dict[str, Any]:
-    """`compile`: another image goes to `--output`, never over the checked-in YAML.
+    """`compile`: another image, or several GPUs or nodes per stage, go to `--output`, never over the
+    checked-in YAML.
 
     Raises:
-        ValueError: `--image` without `--output`.
+        ValueError: `--image`, `--gpus-per-stage` above 1 or `--nodes` above 1 without `--output`.
     """
     if args.image and args.out is None:
         raise ValueError(f"--image needs --output PATH: {kfp_client.PACKAGE} keeps the default image")
+    if (args.gpus > 1 or args.nodes > 1) and args.out is None:
+        raise ValueError(
+            f"--gpus-per-stage / --nodes above 1 need --output PATH: {kfp_client.PACKAGE} keeps the defaults"
+        )
     selector = dict(item.split("=", 1) for item in args.node_selector if "=" in item)
-    options: dict[str, Any] = {"gpus": args.gpus, "accelerator": args.accelerator}
+    options: dict[str, Any] = {"gpus": args.gpus, "nodes": args.nodes, "accelerator": args.accelerator}
     options |= {"node_selector": selector, "s3_secret": args.s3_secret}
     if args.image:
         options["image"] = args.image

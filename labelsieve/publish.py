@@ -156,7 +156,10 @@ def run(
     if not cfg.to:
         record["reason"] = "publish.to is empty: nothing compared or published"
         return _write(out_dir, record)
-    files = {name: Path(model_dir) / name for name in PACKAGE_FILES}
+    from labelsieve.package import MODEL_JSON, package_files
+
+    names = package_files(model_dir) if (Path(model_dir) / MODEL_JSON).is_file() else PACKAGE_FILES
+    files = {name: Path(model_dir) / name for name in names}
     files["metrics.json"] = Path(evaluate_dir) / "metrics.json"
     if missing := [str(path) for path in files.values() if not path.is_file()]:
         raise PublishError(

@@ -31,7 +31,7 @@ from labelsieve.storage import Location, LocationError, open_location
 
 LATEST = "latest.json"
 MODELS = "models"
-PACKAGE_FILES = ("weights.pt", "model.json", "model_card.json")  # labelsieve/package.py
+PACKAGE_FILES = ("weights.pt", "model.json", "model_card.json")  # every package has them; ensembles add more
 VERSION = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{8}")
 # key -> the JSON types it may hold in latest.json
 POINTER_FIELDS: dict[str, tuple[type, ...]] = {

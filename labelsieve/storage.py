@@ -185,3 +185,31 @@ def _checked(name: str) -> str:
     if not name or name.startswith("/") or any(part in ("", ".", "..") for part in parts):
         raise LocationError(f"{name!r} is not a relative name inside the location")
     return name
+
+
+def download_tree(location: Location, target: Path) -> list[str]:
+    """Copy every file under `location` into the local folder `target` (made if missing); their names.
+
+    Raises:
+        LocationError: nothing is there.
+    """
+    names = location.files()
+    if not names:
+        raise LocationError(f"{location.describe()} holds no files")
+    for name in names:
+        file = target / name
+        file.parent.mkdir(parents=True, exist_ok=True)
+        location.download(name, file)
+    return names
+
+
+def upload_tree(source: Path, location: Location) -> list[str]:
+    """Copy every file under the local folder `source` (hidden ones left out) to `location`; their names."""
+    names = sorted(
+        p.relative_to(source).as_posix()
+        for p in source.rglob("*")
+        if p.is_file() and not p.name.startswith(".")
+    )
+    for name in names:
+        location.upload(source / name, name)
+    return names

@@ -4,8 +4,15 @@ Each stage input is the output artifact of the stage whose registered output dir
 default path, so the DAG here and the one `dvc repro` runs are the same graph.
 
 Cluster settings (ignored by kfp's local runner):
-- GPU: every stage that runs a network requests `gpus` × `accelerator` with a toleration for GPU-node
-  taints, and an optional node selector;
+- GPU: every stage that runs a network requests `accelerator` with a toleration for GPU-node taints, and
+  an optional node selector: one GPU, and with `gpus` N > 1 the data-parallel stages (`DATA_PARALLEL`:
+  those that train, plus co_divide and purify) N GPUs in one pod, where they run as `torchrun
+  --standalone --nproc_per_node N -m labelsieve.cli <stage> ...` (components `TORCHRUN_COMPONENTS`,
+  labelsieve/launch.py, with a memory-backed /dev/shm for NCCL); `evaluate` stays one process on one GPU;
+- multi-node: with `nodes` M > 1 each training stage's task (`MULTI_NODE`) instead launches a
+  `kubeflow.org/v1` PyTorchJob of M pods with `gpus` GPUs each and waits for it (`PYTORCHJOB_COMPONENTS`,
+  labelsieve/pytorchjob.py); the task itself requests no GPU. Needs the Kubeflow training operator, an
+  S3-compatible pipeline root and RBAC to create PyTorchJobs; never run against a cluster so far;
 - CPU and memory requests; retries with exponential backoff; caching on, except for `ingest`, whose
   crawl root gains crawls while its inputs stay the same, and `publish`, whose published model changes;
 - S3: `ingest` (crawls, accumulated store), `warmup` (`warmup.init_from: latest`) and `publish` read
@@ -27,11 +34,15 @@ from typing import Any
 
 from kfp import dsl, kubernetes
 
-from components import COMPONENTS
+from components import COMPONENTS, PYTORCHJOB_COMPONENTS, TORCHRUN_COMPONENTS
 from components.image import IMAGE
+from labelsieve.launch import standalone_launcher
+from labelsieve.pytorchjob import job_settings
 from labelsieve.stages import DATASET, MODEL, STAGES
 
 CPU_ONLY = frozenset({"ingest", "inject_noise", "publish"})  # steps that never train (publish: 2 test passes)
+DATA_PARALLEL = frozenset(TORCHRUN_COMPONENTS)  # data-parallel over the GPUs of their pod under torchrun
+MULTI_NODE = frozenset(PYTORCHJOB_COMPONENTS)  # the stages that train: a PyTorchJob with more than one node
 UNCACHED = frozenset({"ingest", "publish"})  # their results depend on object storage, not only on inputs
 S3_TASKS = frozenset({"ingest", "warmup", "publish"})  # steps that may read or write object storage
 S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
@@ -48,17 +59,25 @@ def build_pipeline(
     s3_secret: str = "labelsieve-s3",
     cpu: str = "4",
     memory: str = "16G",
+    nodes: int = 1,
 ) -> Any:
     """The pipeline function, with cluster settings fixed at compile time.
 
     Args:
         image: the container image every task runs in.
-        gpus: GPUs per network-training task (0: none requested).
+        gpus: GPUs per data-parallel task (per pod of a PyTorchJob), run under torchrun when more than 1;
+            every other task that runs a network requests one (0: no GPU requested anywhere).
         accelerator: the Kubernetes resource name of the GPU.
         node_selector: node labels a GPU task must match, e.g. {"cloud.google.com/gke-accelerator": "..."}.
         s3_secret: name of the Kubernetes secret holding the S3 endpoint and credentials.
         cpu, memory: requests for every task.
+        nodes: pods per training stage (`MULTI_NODE`); more than 1 runs each as a PyTorchJob.
+
+    Raises:
+        ValueError: `nodes` below 1.
     """
+    if nodes < 1:
+        raise ValueError(f"nodes must be >= 1, got {nodes}")
 
     @dsl.pipeline(
         name="labelsieve",
@@ -91,7 +110,7 @@ def build_pipeline(
             "evaluate": evaluate_params,
             "publish": publish_params,
         }
-        settings = (image, gpus, accelerator, node_selector or {}, s3_secret, cpu, memory)
+        settings = (image, gpus, accelerator, node_selector or {}, s3_secret, cpu, memory, nodes)
         first = _stage_task("ingest", {"crawl_root": crawl_root}, texts, settings)
         produced: dict[str, Any] = {STAGES["ingest"].out_dir: first.outputs["out"]}
         with dsl.If(first.outputs["Output"] == "true", name="new-data"):  # Output: has_new
@@ -108,7 +127,24 @@ def _stage_task(
     name: str, inputs: dict[str, Any], texts: dict[str, Any], settings: tuple
 ) -> dsl.PipelineTask:
     """The task of stage `name` on `inputs`, given its params text, configured for the cluster."""
-    task = COMPONENTS[name](params_yaml=texts[name], **inputs)
+    image, gpus, accelerator, node_selector, s3_secret, cpu, memory, nodes = settings
+    if name in MULTI_NODE and nodes > 1:
+        job = job_settings(
+            nodes=nodes,
+            gpus=gpus,
+            image=image,
+            accelerator=accelerator,
+            s3_secret=s3_secret,
+            node_selector=node_selector,
+            cpu=cpu,
+            memory=memory,
+        )
+        task = PYTORCHJOB_COMPONENTS[name](params_yaml=texts[name], job=job, **inputs)
+    elif name in DATA_PARALLEL and gpus > 1:
+        launcher = standalone_launcher(gpus)
+        task = TORCHRUN_COMPONENTS[name](params_yaml=texts[name], launcher=launcher, **inputs)
+    else:
+        task = COMPONENTS[name](params_yaml=texts[name], **inputs)
     task.set_display_name(name.replace("_", "-"))
     _configure(task, name, *settings)
     return task
@@ -124,25 +160,29 @@ def _configure(
     s3_secret: str,
     cpu: str,
     memory: str,
+    nodes: int,
 ) -> None:
     """Apply the cluster settings of one task (see the module docstring)."""
+    launches_job = name in MULTI_NODE and nodes > 1  # its pods are the PyTorchJob's, configured there
     if image != IMAGE:
         task.set_container_image(image)
     task.set_caching_options(name not in UNCACHED)
     task.set_retry(num_retries=RETRIES, **BACKOFF)
     task.set_cpu_request(cpu).set_memory_request(memory)
-    if name in S3_TASKS:
+    if name in S3_TASKS or launches_job:
         # Optional: a source that is not on S3 runs without the secret; an S3 source without it fails in
         # boto3 with "no S3 credentials", naming the variables to set.
         kubernetes.use_secret_as_env(
             task, secret_name=s3_secret, secret_key_to_env={k: k for k in S3_KEYS}, optional=True
         )
-    if name in CPU_ONLY or gpus <= 0:
+    if name in CPU_ONLY or gpus <= 0 or launches_job:
         return
-    task.set_accelerator_type(accelerator).set_accelerator_limit(gpus)
+    task.set_accelerator_type(accelerator).set_accelerator_limit(gpus if name in DATA_PARALLEL else 1)
     kubernetes.add_toleration(task, key=accelerator, operator="Exists", effect="NoSchedule")
     for key, value in node_selector.items():
         kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    if name in DATA_PARALLEL and gpus > 1:
+        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
 
 
 labelsieve_pipeline = build_pipeline()

@@ -15,6 +15,7 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+import torch
 
 from labelsieve.stages import STAGES
 
@@ -210,3 +211,21 @@ def test_quality_table_reports_mean_and_std_over_seeds() -> None:
     text = quality.table([run(0, 0.80), run(1, 0.82), run(2, 0.84)])
     assert "| sym50, last epoch | 82.00 ± 1.63 (n=3) |" in text
     assert text.count("| sym50 | ce | ") == 3
+
+
+@pytest.mark.integration
+def test_stream_smoke_times_both_paths_with_identical_losses(tmp_path: Path) -> None:
+    stream = _benchmark_module("stream")
+    threads = torch.get_num_threads()  # the benchmark sets torch's thread count for the whole process
+    stream.main(["--smoke", "--shapes", "fmnist", "--threads", str(threads), "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "stream.json").read_text())
+    figures = result["shapes"]["fmnist"]
+    assert set(result["shapes"]) == {"fmnist"} and figures["source"] == "synthetic"
+    assert figures["losses_identical"] and figures["steps"] == 4 and figures["image_shape"] == [1, 28, 28]
+    for path in ("resident", "stream"):
+        assert figures[path]["samples_per_second"] > 0 and figures[path]["cpu_seconds"] > 0
+    assert figures["ratio"] == pytest.approx(
+        figures["stream"]["samples_per_second"] / figures["resident"]["samples_per_second"]
+    )
+    assert result["cpu"] and result["torch"] == torch.__version__ and result["threads"] == threads
+    assert "| fmnist 1x28x28 |" in (tmp_path / "stream.md").read_text()

@@ -18,7 +18,7 @@ from labelsieve.engine.augment import to_float
 from labelsieve.engine.device import autocast
 from labelsieve.engine.resident import TrainingData
 from labelsieve.models import build_model
-from labelsieve.package import PackageError, load_package, save_package
+from labelsieve.package import Ensemble, PackageError, load_package, package_files, save_package
 from labelsieve.predict import predict, write_predictions
 from tests.conftest import encode, random_png
 
@@ -57,7 +57,7 @@ def package(tmp_path):
     params = load_params(None, overrides=["runtime.progress=never"])
     model = _model()
     directory = tmp_path / "model"
-    save_package(directory, model, params=params, data=_data(), metrics={"test_acc": 0.5})
+    save_package(directory, [model], params=params, data=_data(), metrics={"test_acc": 0.5})
     return directory, model, params
 
 
@@ -117,6 +117,77 @@ def test_load_package_missing_package_or_model_json_is_named(tmp_path, package):
     (package[0] / "model.json").unlink()
     with pytest.raises(PackageError, match="model.json is missing"):
         load_package(package[0])
+
+
+def _ensemble_members() -> list[torch.nn.Module]:
+    members = []
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        model = build_model("small_cnn", num_classes=3, in_channels=1)
+        model(torch.randn(16, 1, 8, 8))
+        members.append(model.eval())
+    return members
+
+
+def test_ensemble_package_predicts_the_mean_of_its_members_logits(tmp_path):
+    params = load_params(None, overrides=["runtime.progress=never"])
+    members = _ensemble_members()
+    directory = tmp_path / "model"
+    save_package(directory, members, params=params, data=_data(), metrics={})
+    assert package_files(directory) == [
+        "weights.pt",
+        "weights_2.pt",
+        "weights_3.pt",
+        "model.json",
+        "model_card.json",
+    ]
+    loaded, meta = load_package(directory)
+    assert isinstance(loaded, Ensemble) and not loaded.training
+    assert meta["members"] == ["weights.pt", "weights_2.pt", "weights_3.pt"]
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        by_hand = sum(m(x).double() for m in members) / 3  # float64 reference
+        assert torch.allclose(loaded(x).double(), by_hand, atol=1e-5)
+    (directory / "weights_3.pt").unlink()
+    with pytest.raises(PackageError, match="weights_3.pt is missing"):
+        load_package(directory)
+
+
+def test_version_1_package_without_members_still_loads(package):
+    directory, model, _ = package
+    meta = json.loads((directory / "model.json").read_text())
+    del meta["members"]
+    (directory / "model.json").write_text(json.dumps({**meta, "format_version": 1}))
+    loaded, meta = load_package(directory)
+    assert meta["members"] == ["weights.pt"]
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    (directory / "model.json").write_text(json.dumps({**meta, "format_version": 3}))
+    with pytest.raises(PackageError, match="format_version 3 is not one this labelsieve reads"):
+        load_package(directory)
+    (directory / "model.json").write_text(json.dumps({**meta, "members": ["weights.pt", "other.pt"]}))
+    with pytest.raises(PackageError, match="members must list weights.pt, weights_2.pt"):
+        load_package(directory)
+
+
+def test_predict_with_an_ensemble_package_matches_its_mean_logits(tmp_path):
+    params = load_params(None, overrides=["runtime.progress=never"])
+    members = _ensemble_members()
+    directory = tmp_path / "model"
+    save_package(directory, members, params=params, data=_data(), metrics={})
+    image = tmp_path / "a.png"
+    image.write_bytes(random_png(seed=4))
+    (row,) = predict(directory, [image], top_k=3)
+    pixels = decode_image(image.read_bytes(), size=8, channels=1, max_pixels=10**6)
+    x = to_float(torch.from_numpy(pixels.copy())[None], MEAN, STD).contiguous(
+        memory_format=torch.channels_last
+    )
+    with torch.no_grad(), autocast(torch.device("cpu")):  # the same (bf16 where native) precision as predict
+        logits = [m(x).float().double() for m in members]
+    probs = F.softmax(sum(logits) / 3, dim=1)[0]  # float64 mean of the members' logits
+    assert [CLASSES.index(c) for c in row.classes] == probs.argsort(descending=True).tolist()
+    assert row.probs == pytest.approx(sorted(probs.tolist(), reverse=True), abs=1e-5)
 
 
 def test_load_package_invalid_model_json_names_the_key(package):

@@ -178,6 +178,29 @@ def test_publish_compares_on_this_runs_test_split_by_class_name(
     assert record["previous"]["test_accuracy_now"] == 0.25 and record["gate"]["drop"] == pytest.approx(0.0)
 
 
+def test_an_ensemble_package_is_measured_and_published_with_every_member(
+    tmp_path, make_params, dataset, evaluated
+):
+    """Members cat (bias 1 on cat) and dog-twice-as-sure (bias 2 on dog): mean logits say dog, 1 of 4."""
+    package = constant_package(tmp_path / "pkg", 1)
+    (package / "weights.pt").rename(package / "weights_2.pt")
+    constant_package(tmp_path / "cat", 0)
+    (tmp_path / "cat" / "weights.pt").rename(package / "weights.pt")
+    state = torch.load(package / "weights_2.pt", weights_only=True)
+    state["fc.bias"][1] = 2.0
+    save_torch(package / "weights_2.pt", state)
+    meta = json.loads((package / "model.json").read_text())
+    write_json(
+        package / "model.json", {**meta, "format_version": 2, "members": ["weights.pt", "weights_2.pt"]}
+    )
+    root = str(tmp_path / "published")
+    record = _publish(make_params, root, package, dataset, evaluated, tmp_path / "p1", 20)
+    assert record["decision"] == "published" and record["candidate"]["test_accuracy"] == 0.25
+    version = record["version"]
+    published = open_location(root).files(f"models/{version}")
+    assert f"models/{version}/weights_2.pt" in published and f"models/{version}/weights.pt" in published
+
+
 def test_a_failed_upload_leaves_the_previous_pointer(
     tmp_path, make_params, dataset, evaluated, root, monkeypatch
 ):

@@ -6,6 +6,10 @@ of the inputs and params); a checkpoint with another key is ignored, so a stale 
 Files hold tensors and plain containers only and load with ``weights_only=True``. A checkpoint that
 cannot be loaded (truncated, overwritten) is moved aside as ``<out_dir>.ckpt.last.pt.corrupt`` with a
 warning naming both paths, and the stage starts fresh; it is never deleted.
+
+Data-parallel (`labelsieve.engine.distributed`): rank 0 reads first (and moves a corrupt file aside),
+then the others; only rank 0 writes and clears, and the others wait for it. The state holds the plain
+networks' weights (never a DDP wrapper's), so a checkpoint resumes on any world size.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 import torch
 
 from labelsieve.atomic import save_torch
+from labelsieve.engine import distributed
 from labelsieve.engine.timings import move_timings
 from labelsieve.errors import LabelsieveError
 
@@ -39,18 +44,16 @@ class Checkpoint:
     def load(self) -> dict[str, Any] | None:
         """The saved state if it belongs to this run (same key), else None. Says on stderr when it
         resumes: ``resumed warmup from epoch 4 (checkpoint artifacts/warmup.ckpt/last.pt)``."""
-        if not self.path.is_file():
+        with distributed.main_first():
+            state = self._read() if self.path.is_file() else None
+        if state is None or state.get("key") != self.key:
             return None
-        state = self._read()
-        if state is None:
-            return None
-        if state.get("key") != self.key:
-            return None
-        print(
-            f"resumed {self.stage} from epoch {resume_epoch(state)} (checkpoint {self.path})",
-            file=sys.stderr,
-            flush=True,
-        )
+        if distributed.is_main():
+            print(
+                f"resumed {self.stage} from epoch {resume_epoch(state)} (checkpoint {self.path})",
+                file=sys.stderr,
+                flush=True,
+            )
         return state
 
     def _read(self) -> dict[str, Any] | None:
@@ -83,14 +86,18 @@ class Checkpoint:
         return None
 
     def save(self, state: dict[str, Any]) -> None:
-        """Write the state atomically, stamped with this run's key."""
-        save_torch(self.path, {**state, "key": self.key})
+        """Write the state atomically, stamped with this run's key (rank 0; the others wait)."""
+        if distributed.is_main():
+            save_torch(self.path, {**state, "key": self.key})
+        distributed.barrier()
 
     def clear(self) -> None:
         """Remove the checkpoint once the stage's outputs are written, and move the wall-clock timings
-        out of them (`labelsieve.engine.timings`), so equal runs leave byte-identical outputs."""
-        move_timings(self.out_dir)
-        shutil.rmtree(self.directory, ignore_errors=True)
+        out of them (`labelsieve.engine.timings`), so equal runs leave byte-identical outputs. Rank 0."""
+        if distributed.is_main():
+            move_timings(self.out_dir)
+            shutil.rmtree(self.directory, ignore_errors=True)
+        distributed.barrier()
 
 
 def resume_epoch(state: dict[str, Any]) -> int:

@@ -19,9 +19,11 @@ from torch import nn
 
 from labelsieve.atomic import save_torch, write_json
 from labelsieve.config import ModelConfig, Params
+from labelsieve.engine import distributed
 from labelsieve.engine.augment import augment, to_float
 from labelsieve.engine.device import autocast
 from labelsieve.engine.resident import TrainingData
+from labelsieve.engine.stream import prefetch, row_range
 from labelsieve.errors import LabelsieveError
 from labelsieve.maths.mixmatch import confidence_penalty, mixup_warmup_loss, sample_lambda
 from labelsieve.models import Classifier, build_model, load_pretrained
@@ -165,15 +167,21 @@ def predict_logits(
 
 
 def logits_on(model: nn.Module, images: torch.Tensor, data: TrainingData, params: Params) -> torch.Tensor:
-    """(N, C) eval-mode logits of `model` on unaugmented uint8 `images`, in the run's batch and precision."""
-    return predict_logits(
+    """(N, C) eval-mode logits of `model` on unaugmented uint8 `images`, in the run's batch and precision.
+
+    Data-parallel: each rank predicts its block of rows and every rank gets all N (`distributed.gather_rows`).
+    """
+    sharded = len(images) >= distributed.world_size() > 1
+    rows = distributed.row_block(len(images)) if sharded else None
+    logits = predict_logits(
         model,
-        images,
+        row_range(images, rows) if sharded else images,
         mean=data.mean,
         std=data.std,
         batch_size=params.model.eval_batch_size,
         precision=params.runtime.precision,
     )
+    return distributed.gather_rows(logits, len(images)) if sharded else logits
 
 
 def ensemble_logits(
@@ -213,13 +221,16 @@ def supervised_epoch(
 ) -> dict[str, float]:
     """One epoch over the full noisy training set: plain CE or the SMR mixup loss (§3.1), + penalty·NE.
 
-    Used by the warm-up, by SMR recalibration epochs and by the plain-CE baseline.
+    Used by the warm-up, by SMR recalibration epochs and by the plain-CE baseline. Data-parallel: each
+    rank trains on its slice of every batch (`distributed.shard`); the logged loss is the global mean.
     """
     model.train()
     cfg = params.model
-    order = batches(len(data.train_labels), cfg.batch_size, generators.cpu)
+    trainer = distributed.wrap(model)
+    order = distributed.shard(batches(len(data.train_labels), cfg.batch_size, generators.cpu))
+    prefetch(data.train_images, [idx for idx, _ in order])
     total, steps = 0.0, len(order)
-    for step, idx in enumerate(progress(order, total=steps, desc=desc, mode=params.runtime.progress)):
+    for step, (idx, size) in enumerate(progress(order, total=steps, desc=desc, mode=params.runtime.progress)):
         set_lr(optimizer, lr_at(epoch + step / steps, cfg, params.total_epochs))
         idx = idx.to(data.train_labels.device)
         x = views(data.train_images[idx], cfg, data.mean, data.std, generators.device)
@@ -227,27 +238,54 @@ def supervised_epoch(
         with autocast(x.device, params.runtime.precision):
             if loss == "mixup":
                 lam = sample_lambda(alpha, generators.cpu)
-                perm = torch.randperm(len(idx), generator=generators.cpu).to(x.device)
-                logits = model(lam * x + (1 - lam) * x[perm]).float()
+                perm = local_permutation(torch.randperm(size, generator=generators.cpu))
+                perm = perm.to(x.device)
+                logits = trainer(lam * x + (1 - lam) * x[perm]).float()
                 value = mixup_warmup_loss(logits, y, y[perm], lam)
             else:
-                logits = model(x).float()
+                logits = trainer(x).float()
                 value = F.cross_entropy(logits, y)
             if penalty > 0:
                 value = value + penalty * confidence_penalty(F.softmax(logits, dim=1))
+            value = distributed.scaled(value, len(idx), size)
         optimizer.zero_grad(set_to_none=True)
         value.backward()
         optimizer.step()
         total += float(value.detach())
-    return {"loss": total / max(steps, 1)}
+    return {"loss": distributed.mean(total) / max(steps, 1)}
+
+
+def local_permutation(perm: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """This rank's mixing permutation from `perm`, a permutation of the global batch drawn from the shared
+    cpu stream: the local rows (global `positions`, default this rank's `distributed.row_block`) in the
+    order `perm` visits them, as local indices. `perm` itself with one process.
+    """
+    if distributed.world_size() == 1:
+        return perm
+    if positions is None:
+        block = distributed.row_block(len(perm))
+        positions = torch.arange(block.start, block.stop)
+    local = torch.full((len(perm),), -1, dtype=torch.long)
+    local[positions] = torch.arange(len(positions))
+    mapped = local[perm]
+    return mapped[mapped >= 0]
 
 
 class Generators:
     """The stage's random streams: `cpu` for orders, λ and permutations; `device` for augmentation."""
 
     def __init__(self, seed: int, stage: str, device: torch.device):
+        self.seed, self.stage = seed, stage
         self.cpu = torch_generator(seed, stage, "cpu")
         self.device = torch_generator(seed, stage, "device", device=device)
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Data-parallel only: reseed the augmentation stream from (seed, stage, epoch, rank), so the ranks
+        augment their slices independently and a resume on any world size continues the same streams.
+        No-op with one process (the stream then runs on across epochs, as it always has)."""
+        if distributed.world_size() > 1:
+            tags = (self.stage, "device", str(epoch), f"rank{distributed.rank()}")
+            self.device = torch_generator(self.seed, *tags, device=self.device.device)
 
     def state(self) -> dict[str, torch.Tensor]:
         """Both generator states, for a checkpoint."""
@@ -294,7 +332,9 @@ def restore_training_state(
 def log_epoch(stage: str, record: dict[str, Any]) -> None:
     """One line per epoch on stderr (stdout carries the stage's final summary): the JSON record when
     stderr is a log file or a pipe, a short human line on a terminal, where the JSON would wrap between
-    the progress bars."""
+    the progress bars. Data-parallel: rank 0 only."""
+    if not distributed.is_main():
+        return
     if sys.stderr.isatty():
         line = epoch_line(stage, record)
     else:

@@ -1,7 +1,8 @@
-"""A training context: the dataset's splits resident on the device as uint8, with their labels.
+"""A training context: the dataset's splits on the device as uint8, with their labels.
 
 Every training stage starts from `TrainingData.load`, so they all see the same images, the same
-normalisation and the same (possibly noisy) labels.
+normalisation and the same (possibly noisy) labels. The images are resident device tensors, or with
+``runtime.data_path`` stream, `StreamedImages` that bring each batch from the memory-mapped store.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from labelsieve.data.store import Dataset, load_dataset, load_labels
+from labelsieve.data.store import SPLITS, Dataset, load_dataset, load_labels
+from labelsieve.engine.stream import StreamedImages, choose_data_path
 
 
 @dataclass(frozen=True)
@@ -20,18 +22,19 @@ class TrainingData:
     """Splits on the device. `train_labels`/`val_labels` are the given (possibly noisy) labels.
 
     Attributes:
-        train_images, val_images, test_images: uint8 (N_split, C, H, W) on the device.
+        train_images, val_images, test_images: uint8 (N_split, C, H, W) on the device, or streamed there
+            per batch (`StreamedImages`: indexing and slicing give device tensors).
         train_labels, val_labels, test_labels: int64 (N_split,) on the device.
         train_true_labels: int64 (N,) or None when no ground truth exists (real, un-injected data).
         mean, std: per-channel normalisation in 0..1 pixel units, from the training images.
         dataset: the dataset on disk; key: identity of data + labels, for checkpoints.
     """
 
-    train_images: torch.Tensor
+    train_images: torch.Tensor | StreamedImages
     train_labels: torch.Tensor
-    val_images: torch.Tensor
+    val_images: torch.Tensor | StreamedImages
     val_labels: torch.Tensor
-    test_images: torch.Tensor
+    test_images: torch.Tensor | StreamedImages
     test_labels: torch.Tensor
     train_true_labels: torch.Tensor | None
     mean: tuple[float, ...]
@@ -50,27 +53,40 @@ class TrainingData:
         return int(self.train_images.shape[1])
 
     @classmethod
-    def load(cls, dataset_dir: str | Path, labels_dir: str | Path, device: torch.device) -> TrainingData:
+    def load(
+        cls,
+        dataset_dir: str | Path,
+        labels_dir: str | Path,
+        device: torch.device,
+        data_path: str = "resident",
+    ) -> TrainingData:
         """Load the dataset and the labels of `inject_noise` onto `device`.
+
+        Args:
+            data_path: ``runtime.data_path``: resident, stream or auto (`choose_data_path`).
 
         Raises:
             DatasetError: a damaged dataset, or a labels folder made for another dataset.
         """
         dataset = load_dataset(dataset_dir)
         labels, noise = load_labels(labels_dir, dataset)
-        train = np.ascontiguousarray(dataset.images("train"))
-        mean, std = channel_stats(train)
+        arrays = {split: dataset.images(split) for split in SPLITS}
+        mean, std = channel_stats(arrays["train"])
+        path = choose_data_path(data_path, sum(a.nbytes for a in arrays.values()), device)
 
         def put(array: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.array(array, copy=True)).to(device)  # memmaps are read-only
 
+        def images(split: str) -> torch.Tensor | StreamedImages:
+            return StreamedImages(arrays[split], device) if path == "stream" else put(arrays[split])
+
         has_truth = noise["rate"] > 0  # with rate 0 the "true" labels are only the given ones
         return cls(
-            train_images=put(train),
+            train_images=images("train"),
             train_labels=put(labels["train_labels"].astype(np.int64)),
-            val_images=put(dataset.images("val")),
+            val_images=images("val"),
             val_labels=put(labels["val_labels"].astype(np.int64)),
-            test_images=put(dataset.images("test")),
+            test_images=images("test"),
             test_labels=put(dataset.labels("test")),
             train_true_labels=put(labels["train_true_labels"].astype(np.int64)) if has_truth else None,
             mean=mean,

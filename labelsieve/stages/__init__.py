@@ -72,6 +72,7 @@ HOW = (
     "runtime.threads",
     "runtime.progress",
     "runtime.compile",
+    "runtime.data_path",
 )
 # What the shared training engine (labelsieve/engine/loop.py) reads: the network and its optimisation, the
 # schedule's epoch budget (warmup + ssl_train epochs), the seed and the precision.

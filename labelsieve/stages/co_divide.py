@@ -22,7 +22,7 @@ import torch
 
 from labelsieve.atomic import atomic_dir, write_json, write_npz
 from labelsieve.config import Params
-from labelsieve.engine import loop
+from labelsieve.engine import distributed, loop
 from labelsieve.engine.device import resolve_device
 from labelsieve.engine.resident import TrainingData
 from labelsieve.maths import division
@@ -62,7 +62,8 @@ def divide(
     history: list[torch.Tensor] | None = None,
     min_size: int,
 ) -> Division:
-    """Co-divide: evaluation pass, then `divide_losses`.
+    """Co-divide: evaluation pass, then `divide_losses`. Data-parallel: the pass is sharded and all-gathered
+    (`loop.logits_on`), so every rank fits the same GMMs; the partition is checked to agree on every rank.
 
     Args:
         tag: names this division's seed stream (e.g. the epoch), so every GMM fit is seeded.
@@ -72,6 +73,7 @@ def divide(
     logits = torch.stack([loop.logits_on(model, data.train_images, data, params) for model in networks])
     losses = torch.stack([division.per_sample_loss(z, data.train_labels) for z in logits])
     result = divide_losses(losses, data.train_labels, params, tag=tag, history=history, min_size=min_size)
+    distributed.check_same(result.labeled, f"co-divide partition ({tag})")
     return dataclasses.replace(result, probs=torch.softmax(logits, dim=2))
 
 
@@ -242,11 +244,15 @@ def run(
     warmup_dir: str | Path,
     out_dir: str | Path,
 ) -> dict[str, Any]:
-    """Co-divide the training set with the warmed-up networks."""
-    device = resolve_device(params.runtime.device)
-    data = TrainingData.load(dataset_dir, labels_dir, device)
+    """Co-divide the training set with the warmed-up networks (data-parallel under torchrun)."""
+    device = distributed.setup(resolve_device(params.runtime.device))
+    data = TrainingData.load(dataset_dir, labels_dir, device, params.runtime.data_path)
     networks = loop.load_networks(warmup_dir, params, data, device)
     result = divide(networks, data, params, tag="co_divide", min_size=params.ssl_train.batch_size)
+    if not distributed.is_main():
+        distributed.barrier()
+        return summarise(result, data)
     with atomic_dir(out_dir) as tmp:
         summary = write(tmp, result, data)
+    distributed.barrier()
     return summary

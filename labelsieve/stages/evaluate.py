@@ -311,7 +311,7 @@ def run(
         The flat headline numbers of metrics.json plus ``final_stage`` and ``report`` (its path).
     """
     device = resolve_device(params.runtime.device)
-    data = TrainingData.load(dataset_dir, labels_dir, device)
+    data = TrainingData.load(dataset_dir, labels_dir, device, params.runtime.data_path)
     dirs = {"warmup_dir": warmup_dir, "ssl_dir": ssl_dir, "group_dir": group_dir, "model_dir": model_dir}
     histories = [StageHistory(name, read_history(dirs[key], timings=False)) for name, key in TRAINING_STAGES]
     stages = {h.name: accuracy_figures(h.history) for h in histories if h.history}

@@ -26,10 +26,11 @@ import torch.nn.functional as F
 
 from labelsieve.atomic import atomic_dir, write_json, write_npy
 from labelsieve.config import GroupRegularizeConfig, Params
-from labelsieve.engine import loop
+from labelsieve.engine import distributed, loop
 from labelsieve.engine.checkpoint import Checkpoint
 from labelsieve.engine.device import autocast, resolve_device
 from labelsieve.engine.resident import TrainingData
+from labelsieve.engine.stream import prefetch
 from labelsieve.maths import grip
 from labelsieve.progress import progress
 
@@ -59,25 +60,34 @@ def grip_epoch(
 
     The threshold is taken per batch from the memory as it stands after this batch's divergences are
     stored (§4 steps 1 and 3); the returned ``threshold`` is its mean over the epoch's batches.
+
+    Data-parallel: each rank trains on its slice of every batch; the divergences of the whole batch are
+    all-gathered into every rank's memory (so every rank takes the same threshold), and S's accumulators
+    and the decision counts are summed over the ranks.
     """
     cfg = params.group_regularize
     model.train()
+    trainer = distributed.wrap(model)
     purifying = state.initialised and grip.purification_active(epoch, warmup_epochs=cfg.warmup_epochs)
     thresholds = []
-    order = loop.batches(len(data.train_labels), params.model.batch_size, generators.cpu)
+    order = distributed.shard(loop.batches(len(data.train_labels), params.model.batch_size, generators.cpu))
+    prefetch(data.train_images, [idx for idx, _ in order])
     counts = torch.zeros(3, dtype=torch.int64)
     total = 0.0
-    for step, idx in enumerate(progress(order, total=len(order), desc=desc, mode=params.runtime.progress)):
+    for step, (idx, size) in enumerate(
+        progress(order, total=len(order), desc=desc, mode=params.runtime.progress)
+    ):
         loop.set_lr(optimizer, group_lr(epoch + step / len(order), cfg))
         idx = idx.to(data.train_labels.device)
         x = loop.views(data.train_images[idx], params.model, data.mean, data.std, generators.device)
         labels = data.train_labels[idx]
         with autocast(x.device, params.runtime.precision):
-            logits = model(x).float()
+            logits = trainer(x).float()
         probs = F.softmax(logits, dim=1).detach()  # the selection reuses the training forward
         soft = state.soft_labels  # the identity until the first update, so the soft term is plain CE then
         if state.initialised:
-            memory.write(idx, grip.js_divergence(probs, soft[labels]))
+            d = grip.js_divergence(probs, soft[labels])
+            memory.write(distributed.gather_rows(idx, size), distributed.gather_rows(d, size))
         if purifying:
             threshold = memory.threshold(cfg.threshold_alpha)
             thresholds.append(threshold)
@@ -88,16 +98,19 @@ def grip_epoch(
             decision = torch.full_like(labels, grip.CLEAN, dtype=torch.int8)
         keep = decision != grip.DISCARDED
         terms = grip.grip_loss(logits, labels, keep, soft, w=cfg.soft_weight, gamma=cfg.entropy_weight)
+        loss = distributed.scaled(terms["total"], len(idx), size)
         optimizer.zero_grad(set_to_none=True)
-        terms["total"].backward()
+        loss.backward()
         optimizer.step()
         state.accumulate(probs[keep], labels[keep])
         counts += torch.bincount(decision.long().cpu(), minlength=3)
-        total += float(terms["total"].detach())
+        total += float(loss.detach())
+    if distributed.world_size() > 1:
+        state.accum, state.counts = distributed.sum_tensor(state.accum), distributed.sum_tensor(state.counts)
     state.end_epoch(momentum=cfg.momentum)
-    clean, revised, discarded = counts.tolist()
+    clean, revised, discarded = distributed.sum_tensor(counts).tolist()
     return {
-        "loss": total / max(len(order), 1),
+        "loss": distributed.mean(total) / max(len(order), 1),
         "clean": clean,
         "revised": revised,
         "discarded": discarded,
@@ -124,8 +137,8 @@ def run(
 ) -> dict[str, Any]:
     """Fine-tune the networks in `networks_dir` with GRIP for `group_regularize.epochs` epochs; resumable."""
     cfg = params.group_regularize
-    device = resolve_device(params.runtime.device)
-    data = TrainingData.load(dataset_dir, labels_dir, device)
+    device = distributed.setup(resolve_device(params.runtime.device))
+    data = TrainingData.load(dataset_dir, labels_dir, device, params.runtime.data_path)
     networks = loop.load_networks(networks_dir, params, data, device)
     optimizers = [loop.make_optimizer(m, params.model) for m in networks]
     generators = loop.Generators(params.runtime.seed, "group_regularize", device)
@@ -151,6 +164,7 @@ def run(
         for state, (soft, initialised) in zip(states, saved["soft_labels"], strict=True):
             state.soft_labels, state.initialised = soft.to(device), bool(initialised)
     for epoch in range(start, cfg.epochs):
+        generators.begin_epoch(epoch)
         record: dict[str, Any] = {"epoch": epoch}
         with loop.Timer() as timer:
             results = [
@@ -178,10 +192,11 @@ def run(
         saved_memory = [(m.values.cpu(), m.sums.cpu()) for m in memory]
         checkpoint.save({**state_dict, "memory": saved_memory, "soft_labels": soft})
     soft_labels = torch.stack([state.soft_labels for state in states])
-    with atomic_dir(out_dir) as tmp:
-        loop.save_networks(tmp, networks, params, data)
-        write_npy(tmp / "soft_labels.npy", soft_labels.cpu().numpy().astype(np.float32))
-        write_npy(tmp / "js_memory.npy", torch.stack([m.values for m in memory]).cpu().numpy())
-        write_json(tmp / "history.json", history)
-    checkpoint.clear()
+    if distributed.is_main():
+        with atomic_dir(out_dir) as tmp:
+            loop.save_networks(tmp, networks, params, data)
+            write_npy(tmp / "soft_labels.npy", soft_labels.cpu().numpy().astype(np.float32))
+            write_npy(tmp / "js_memory.npy", torch.stack([m.values for m in memory]).cpu().numpy())
+            write_json(tmp / "history.json", history)
+    checkpoint.clear()  # waits for rank 0's outputs
     return {"epochs": cfg.epochs, "networks": len(networks), **(history[-1] if history else {})}

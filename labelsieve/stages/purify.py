@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from labelsieve.atomic import atomic_dir, write_csv, write_json, write_npz
 from labelsieve.config import Params
-from labelsieve.engine import loop
+from labelsieve.engine import distributed, loop
 from labelsieve.engine.device import resolve_device
 from labelsieve.engine.resident import TrainingData
 from labelsieve.maths import grip, metrics, noise, purification
@@ -186,9 +186,12 @@ def run(
     group_dir: str | Path,
     out_dir: str | Path,
 ) -> dict[str, Any]:
-    """Score and decide every training sample; write scores.npz, the manifest, labels.npz and summary.json."""
-    device = resolve_device(params.runtime.device)
-    data = TrainingData.load(dataset_dir, labels_dir, device)
+    """Score and decide every training sample; write scores.npz, the manifest, labels.npz and summary.json.
+
+    Under torchrun the prediction pass is sharded and all-gathered (`loop.logits_on`); rank 0 writes.
+    """
+    device = distributed.setup(resolve_device(params.runtime.device))
+    data = TrainingData.load(dataset_dir, labels_dir, device, params.runtime.data_path)
     source = group_dir if params.purify.relabel_from == "group" else ssl_dir
     networks = loop.load_networks(source, params, data, device)
     soft_labels = torch.from_numpy(np.load(Path(group_dir) / "soft_labels.npy"))
@@ -205,6 +208,9 @@ def run(
         "clean_prob": clean_prob if clean_prob.size else np.full(len(result.decision), np.nan),
     }
     arrays.setdefault("dynamics_margin", np.full(len(result.decision), np.nan))
+    if not distributed.is_main():
+        distributed.barrier()
+        return {"decisions": summary["decisions"], **summary.get("detection", {})}
     with atomic_dir(out_dir) as tmp:
         write_npz(tmp / "scores.npz", **{name: arrays[name] for name in SCORE_FILE_FIELDS})
         write_csv(tmp / "manifest.csv", _header(data), _rows(arrays, data))
@@ -215,6 +221,7 @@ def run(
             train_probs=final.float().cpu().numpy(),
         )
         write_json(tmp / "summary.json", summary)
+    distributed.barrier()
     return {"decisions": summary["decisions"], **summary.get("detection", {})}
 
 

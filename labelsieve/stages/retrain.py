@@ -23,6 +23,9 @@ t = (1 − β) onehot(label) + β p_ensemble: the single network learns from the
 Start: `retrain.init_from: ssl` starts the network from the first co-trained network of ``<ssl_dir>``
 (fine-tuning it on the purified targets); `scratch` from a fresh initialisation.
 
+Package: `retrain.package: single` holds the retrained network; `ensemble` adds the co-trained networks of
+``<ssl_dir>``, and the package predicts their mean logits (three forwards per image instead of one).
+
 Outputs: the model package (labelsieve/package.py), ``history.json`` and ``soft_targets.npz`` (`targets`
 (N, C) float32, `trained` (N,) bool, `loss_weight` (N,) float32, indexed by training sample id).
 """
@@ -41,13 +44,15 @@ import torch.nn.functional as F
 
 from labelsieve.atomic import atomic_dir, write_json, write_npz
 from labelsieve.config import Params, RetrainConfig
-from labelsieve.engine import loop
+from labelsieve.engine import distributed, loop
 from labelsieve.engine.augment import to_float
 from labelsieve.engine.checkpoint import Checkpoint
 from labelsieve.engine.device import autocast, resolve_device
 from labelsieve.engine.resident import TrainingData
+from labelsieve.engine.stream import prefetch
 from labelsieve.errors import LabelsieveError
 from labelsieve.maths import division, mixmatch, neighbours
+from labelsieve.models import Classifier
 from labelsieve.package import save_package
 from labelsieve.progress import progress
 from labelsieve.seeding import numpy_rng
@@ -176,7 +181,7 @@ def initial_state(
 
 def starting_network(
     params: Params, data: TrainingData, ssl_dir: str | Path | None, device: torch.device
-) -> torch.nn.Module:
+) -> Classifier:
     """The network retrain starts from: the first co-trained one (`init_from: ssl`) or a fresh one.
 
     Raises:
@@ -185,13 +190,45 @@ def starting_network(
     if params.retrain.init_from == "scratch":
         (model,) = loop.build_networks(params, data, 1, device)
         return model
+    return co_trained(params, data, ssl_dir, device, setting="retrain.init_from: ssl", other="scratch")[0]
+
+
+def package_members(
+    model: Classifier, params: Params, data: TrainingData, ssl_dir: str | Path | None, device: torch.device
+) -> list[Classifier]:
+    """The networks of the package: the retrained one, then with `retrain.package: ensemble` the co-trained.
+
+    Raises:
+        LabelsieveError: an ensemble package is asked for and `ssl_dir` holds no networks.
+    """
+    if params.retrain.package == "single":
+        return [model]
+    others = co_trained(params, data, ssl_dir, device, setting="retrain.package: ensemble", other="single")
+    return [model, *others]
+
+
+def co_trained(
+    params: Params,
+    data: TrainingData,
+    ssl_dir: str | Path | None,
+    device: torch.device,
+    *,
+    setting: str,
+    other: str,
+) -> list[Classifier]:
+    """The ssl_train stage's networks, which `setting` needs; `other` is the setting's value that does not.
+
+    Raises:
+        LabelsieveError: `ssl_dir` holds no networks.
+    """
     if ssl_dir is None or not (Path(ssl_dir) / "networks.json").is_file():
+        key = setting.split(":")[0]
         raise LabelsieveError(
-            f"{Path(ssl_dir or '') / 'networks.json'} is missing: retrain.init_from: ssl starts from the "
-            "ssl_train stage's networks. Run `labelsieve ssl-train` first (or pass its output as --ssl-dir), "
-            "or set retrain.init_from: scratch"
+            f"{Path(ssl_dir or '') / 'networks.json'} is missing: {setting} uses the ssl_train stage's "
+            "networks. Run `labelsieve ssl-train` first (or pass its output as --ssl-dir), "
+            f"or set {key}: {other}"
         )
-    return loop.load_networks(ssl_dir, params, data, device)[0]
+    return loop.load_networks(ssl_dir, params, data, device)
 
 
 def _start_digest(params: Params, ssl_dir: str | Path | None) -> str:
@@ -217,15 +254,31 @@ def eval_pass(
     batch_size: int,
     features: bool,
     precision: str = "auto",
+    shard: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits (M, C) and, if asked, penultimate features (M, D) of training samples `ids` (M,).
 
     Eval mode and no augmentation, like the co-divide pass of §2.1; chunked over `ids` so only one batch
-    of float images exists at a time.
+    of float images exists at a time. Data-parallel: each rank passes its block of `ids`, all-gathered
+    (`shard` false: this process's pass over all of `ids`).
     """
+    if shard and len(ids) >= distributed.world_size() > 1:
+        block = distributed.row_block(len(ids))
+        logits, feats = eval_pass(
+            model,
+            data,
+            ids[block],
+            batch_size=batch_size,
+            features=features,
+            precision=precision,
+            shard=False,
+        )
+        gathered = distributed.gather_rows(logits, len(ids))
+        return gathered, None if feats is None else distributed.gather_rows(feats, len(ids))
     was_training = model.training
     model.eval()
     logits, feats = [], []
+    prefetch(data.train_images, ids.split(batch_size))
     for chunk in ids.split(batch_size):
         x = to_float(data.train_images[chunk], data.mean, data.std).contiguous(
             memory_format=torch.channels_last
@@ -381,15 +434,21 @@ def train_epoch(
     table: torch.Tensor | None,
     generators: loop.Generators,
 ) -> dict[str, float]:
-    """One pass over ``state.train_ids`` with the loss of this epoch's phase; returns the mean loss."""
+    """One pass over ``state.train_ids`` with the loss of this epoch's phase; returns the mean loss.
+
+    Data-parallel: each rank takes its slice of every batch (`distributed.shard`); mixup partners and
+    in-batch neighbours come from that slice.
+    """
     cfg, model_cfg = params.retrain, params.model
     kind = phase(epoch, cfg)
     device = state.targets.device
     model.train()
-    order = loop.batches(len(state.train_ids), model_cfg.batch_size, generators.cpu)
+    trainer = distributed.wrap(model)
+    order = distributed.shard(loop.batches(len(state.train_ids), model_cfg.batch_size, generators.cpu))
+    prefetch(data.train_images, [pos for pos, _ in order], ids=state.train_ids)
     steps, total = len(order), 0.0
     desc = f"retrain {epoch + 1}/{cfg.epochs} {kind}"
-    for step, pos in enumerate(progress(order, total=steps, desc=desc, mode=params.runtime.progress)):
+    for step, (pos, size) in enumerate(progress(order, total=steps, desc=desc, mode=params.runtime.progress)):
         loop.set_lr(optimizer, loop.lr_at(epoch + step / steps, model_cfg, cfg.epochs))
         pos = pos.to(device)
         idx = state.train_ids[pos]
@@ -402,16 +461,16 @@ def train_epoch(
             t = state.targets[idx]
             if kind == "mixup":
                 lam = mixmatch.sample_lambda(cfg.mixup_alpha, generators.cpu)
-                perm = torch.randperm(len(idx), generator=generators.cpu).to(device)
+                perm = loop.local_permutation(torch.randperm(size, generator=generators.cpu)).to(device)
                 x, t = mixmatch.mix(x, t, lam, perm)
         with autocast(x.device, params.runtime.precision):
-            logits = model(x).float()
-        loss = weighted_soft_ce(logits, t, state.loss_weight[idx])
+            logits = trainer(x).float()
+        loss = distributed.scaled(weighted_soft_ce(logits, t, state.loss_weight[idx]), len(idx), size)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         total += float(loss.detach())
-    return {"loss": total / max(steps, 1)}
+    return {"loss": distributed.mean(total) / max(steps, 1)}
 
 
 def run_epoch(
@@ -451,8 +510,8 @@ def run(
         LabelsieveError: the purified labels or the networks to start from are missing or do not fit.
     """
     cfg = params.retrain
-    device = resolve_device(params.runtime.device)
-    data = TrainingData.load(dataset_dir, labels_dir, device)
+    device = distributed.setup(resolve_device(params.runtime.device))
+    data = TrainingData.load(dataset_dir, labels_dir, device, params.runtime.data_path)
     labels = read_labels(params, data, purified_dir)
     state = initial_state(labels, data.num_classes, cfg, device)
     model = starting_network(params, data, ssl_dir, device)
@@ -481,6 +540,7 @@ def run(
         "dropped": int((labels.decision == DROP).sum()),
     }
     for epoch in range(start, cfg.epochs):
+        generators.begin_epoch(epoch)
         with loop.Timer() as timer:
             record = run_epoch(
                 model, optimizer, data, state, params=params, epoch=epoch, generators=generators
@@ -507,16 +567,22 @@ def run(
         "best_val_epoch": best.get("epoch"),
         "best_val_test_acc": best.get("test_acc"),
     }
+    members = package_members(model, params, data, ssl_dir, device)
+    if len(members) > 1:
+        figures = loop.evaluate(members, data, params)
+        metrics |= {"package_val_acc": figures["val_acc"], "package_test_acc": figures["test_acc"]}
+    metrics["package_members"] = len(members)
     trained = torch.zeros(len(state.loss_weight), dtype=torch.bool, device=device)
     trained[state.train_ids] = True
-    with atomic_dir(out_dir) as tmp:
-        save_package(tmp, model, params=params, data=data, metrics=metrics)
-        write_json(tmp / "history.json", history)
-        write_npz(
-            tmp / "soft_targets.npz",
-            targets=state.targets.cpu().numpy(),
-            trained=trained.cpu().numpy(),
-            loss_weight=state.loss_weight.cpu().numpy(),
-        )
-    checkpoint.clear()
+    if distributed.is_main():
+        with atomic_dir(out_dir) as tmp:
+            save_package(tmp, members, params=params, data=data, metrics=metrics)
+            write_json(tmp / "history.json", history)
+            write_npz(
+                tmp / "soft_targets.npz",
+                targets=state.targets.cpu().numpy(),
+                trained=trained.cpu().numpy(),
+                loss_weight=state.loss_weight.cpu().numpy(),
+            )
+    checkpoint.clear()  # waits for rank 0's outputs
     return {**(history[-1] if history else {}), **metrics}

@@ -21,10 +21,11 @@ import torch.nn.functional as F
 
 from labelsieve.atomic import atomic_dir, write_json, write_npz
 from labelsieve.config import Params
-from labelsieve.engine import loop
+from labelsieve.engine import distributed, loop
 from labelsieve.engine.checkpoint import Checkpoint
 from labelsieve.engine.device import autocast, resolve_device
 from labelsieve.engine.resident import TrainingData
+from labelsieve.engine.stream import prefetch
 from labelsieve.errors import LabelsieveError
 from labelsieve.maths import mixmatch
 from labelsieve.maths.dynamics import TrainingDynamics
@@ -49,11 +50,15 @@ def mixmatch_epoch(
     Args:
         clean_prob: (N,) w from the peer's co-divide; labeled: (N,) bool, X from the peer's co-divide.
         epoch: the global epoch (warm-up included), for the schedule and the λ_u ramp.
+
+    Data-parallel: each rank takes its slice of every labeled and unlabeled batch, mixes within its
+    rows (`loop.local_permutation` of the shared draw) and scales its loss by its share of the batch.
     """
     cfg, model_cfg = params.ssl_train, params.model
     device = data.train_labels.device
     net.train()
     peer.eval()
+    trainer = distributed.wrap(net)
     labeled_idx = labeled.nonzero().squeeze(1).cpu()
     unlabeled_idx = (~labeled).nonzero().squeeze(1).cpu()
     steps = math.ceil(len(labeled_idx) / cfg.batch_size)
@@ -62,6 +67,18 @@ def mixmatch_epoch(
     laps = math.ceil(steps * cfg.batch_size / max(len(unlabeled_idx), 1))
     unlabeled_order = torch.cat(
         [unlabeled_idx[torch.randperm(len(unlabeled_idx), generator=generators.cpu)] for _ in range(laps)]
+    )
+    # A step asks for its labeled batch, then as many unlabeled rows (each twice: served once).
+    # Data-parallel: this rank's slices of the steps it takes (`local_rows`; too-small batches skipped).
+    prefetch(
+        data.train_images,
+        *(
+            [distributed.local_rows(b) for b in batches if len(b) >= distributed.world_size()]
+            for batches in (
+                labeled_order.split(cfg.batch_size),
+                unlabeled_order[: len(labeled_order)].split(cfg.batch_size),
+            )
+        ),
     )
     # λ_u = 0 (web scale): the unlabeled rows still take part in the mix; only their forward and L_u go.
     web_scale = cfg.lambda_u == 0
@@ -73,8 +90,12 @@ def mixmatch_epoch(
     for step in progress_steps(steps, params, desc):
         t = epoch + step / steps
         loop.set_lr(optimizer, loop.lr_at(t, model_cfg, params.total_epochs))
-        xb = labeled_order[step * cfg.batch_size : (step + 1) * cfg.batch_size].to(device)
-        ub = unlabeled_order[step * cfg.batch_size : step * cfg.batch_size + len(xb)].to(device)
+        xb = labeled_order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+        ub = unlabeled_order[step * cfg.batch_size : step * cfg.batch_size + len(xb)]
+        if len(xb) < distributed.world_size():
+            continue  # a last batch smaller than the world (never with one process)
+        sizes = len(xb), len(ub)
+        xb, ub = distributed.local_rows(xb).to(device), distributed.local_rows(ub).to(device)
         b, bu = len(xb), len(ub)
         x1, x2 = view(xb), view(xb)
         u1, u2 = view(ub), view(ub)
@@ -92,22 +113,35 @@ def mixmatch_epoch(
                 guessed = refined[:0]
         inputs, targets = torch.cat([x1, x2, u1, u2]), torch.cat([refined, refined, guessed, guessed])
         lam = mixmatch.sample_lambda(cfg.alpha, generators.cpu)
-        perm = torch.randperm(len(inputs), generator=generators.cpu).to(device)
+        perm = torch.randperm(2 * sum(sizes), generator=generators.cpu)
+        perm = loop.local_permutation(perm, _mix_positions(sizes)).to(device)
         mixed_x, mixed_t = mixmatch.mix(inputs, targets, lam, perm)
         rows = 2 * b  # the labeled rows come first; at web scale only they are forwarded
         if web_scale:
             mixed_x, mixed_t = mixed_x[:rows], mixed_t[:rows]
         with autocast(mixed_x.device, params.runtime.precision):
-            logits = net(mixed_x).float()
+            logits = trainer(mixed_x).float()
         terms = mixmatch.mixmatch_losses(logits, mixed_t, rows)
         lambda_u = mixmatch.lambda_u_ramp(cfg.lambda_u, t, params.warmup.epochs, cfg.lambda_u_ramp_epochs)
         loss = terms["lx"] + lambda_u * terms["lu"] + cfg.prior_weight * terms["lreg"]
+        loss = distributed.scaled(loss, b, sizes[0])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         for name, value in (*terms.items(), ("loss", loss)):
             sums[name] += float(value.detach())
-    return {name: total / max(steps, 1) for name, total in sums.items()}
+    return {name: distributed.mean(total) / max(steps, 1) for name, total in sums.items()}
+
+
+def _mix_positions(sizes: tuple[int, int]) -> torch.Tensor | None:
+    """This rank's rows in the global mixing layout [x1 | x2 | u1 | u2] of a (labeled, unlabeled) batch of
+    `sizes`; None (every row) with one process."""
+    if distributed.world_size() == 1:
+        return None
+    b, bu = sizes
+    x, u = distributed.row_block(b), distributed.row_block(bu)
+    starts = ((x, 0), (x, b), (u, 2 * b), (u, 2 * b + bu))
+    return torch.cat([torch.arange(block.start, block.stop) + offset for block, offset in starts])
 
 
 def progress_steps(steps: int, params: Params, desc: str) -> Any:
@@ -142,8 +176,8 @@ def run(
         LabelsieveError: the warm-up produced one network but SSL epochs were asked for.
     """
     cfg = params.ssl_train
-    device = resolve_device(params.runtime.device)
-    data = TrainingData.load(dataset_dir, labels_dir, device)
+    device = distributed.setup(resolve_device(params.runtime.device))
+    data = TrainingData.load(dataset_dir, labels_dir, device, params.runtime.data_path)
     networks = loop.load_networks(warmup_dir, params, data, device)
     if cfg.epochs > 0 and len(networks) != 2:
         raise LabelsieveError(
@@ -177,6 +211,7 @@ def run(
     last_step = math.floor(cfg.recalibration_until * cfg.epochs + 1e-9)
     for step in range(start, cfg.epochs):
         epoch = params.warmup.epochs + step  # global epoch: the schedule spans warm-up + SSL
+        generators.begin_epoch(epoch)
         record: dict[str, Any] = {"epoch": epoch}
         with loop.Timer() as timer:
             if is_recalibration(epoch, cfg.recalibration_period, step=step, last_step=last_step):
@@ -249,12 +284,13 @@ def run(
         )
     final = co_divide.divide(networks, data, params, tag="ssl_train_final", min_size=cfg.batch_size)
     dynamics.add(final.probs, data.train_labels, held_out)
-    with atomic_dir(out_dir) as tmp:
-        loop.save_networks(tmp, networks, params, data)
-        write_json(tmp / "history.json", history)
-        co_divide.write(tmp, final, data)
-        write_dynamics(tmp / "dynamics.npz", dynamics)
-    checkpoint.clear()
+    if distributed.is_main():
+        with atomic_dir(out_dir) as tmp:
+            loop.save_networks(tmp, networks, params, data)
+            write_json(tmp / "history.json", history)
+            co_divide.write(tmp, final, data)
+            write_dynamics(tmp / "dynamics.npz", dynamics)
+    checkpoint.clear()  # waits for rank 0's outputs
     best = loop.best_epoch(history)
     return {"epochs": cfg.epochs, **(history[-1] if history else {}), "best_val_epoch": best.get("epoch")}
 

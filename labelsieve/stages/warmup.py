@@ -16,7 +16,7 @@ from typing import Any
 
 from labelsieve.atomic import atomic_dir, write_json
 from labelsieve.config import Params
-from labelsieve.engine import loop
+from labelsieve.engine import distributed, loop
 from labelsieve.engine.checkpoint import Checkpoint
 from labelsieve.engine.device import resolve_device
 from labelsieve.engine.resident import TrainingData
@@ -68,10 +68,11 @@ def warm_start(networks: list[Classifier], params: Params) -> dict[str, Any]:
 def run(
     params: Params, *, dataset_dir: str | Path, labels_dir: str | Path, out_dir: str | Path
 ) -> dict[str, Any]:
-    """Warm up `params.warmup.networks` networks for `params.warmup.epochs` epochs; resumable."""
+    """Warm up `params.warmup.networks` networks for `params.warmup.epochs` epochs; resumable; data-parallel
+    under torchrun (`labelsieve.engine.distributed`)."""
     cfg = params.warmup
-    device = resolve_device(params.runtime.device)
-    data = TrainingData.load(dataset_dir, labels_dir, device)
+    device = distributed.setup(resolve_device(params.runtime.device))
+    data = TrainingData.load(dataset_dir, labels_dir, device, params.runtime.data_path)
     networks = loop.build_networks(params, data, cfg.networks, device)
     init = warm_start(networks, params)
     optimizers = [loop.make_optimizer(m, params.model) for m in networks]
@@ -92,6 +93,7 @@ def run(
     if (state := checkpoint.load()) is not None:
         start, history = loop.restore_training_state(state, networks, optimizers, generators)
     for epoch in range(start, cfg.epochs):
+        generators.begin_epoch(epoch)
         losses = []
         with loop.Timer() as timer:
             for k, (model, optimizer) in enumerate(zip(networks, optimizers, strict=True)):
@@ -118,10 +120,11 @@ def run(
         history.append(record)
         loop.log_epoch("warmup", record)
         checkpoint.save(loop.training_state(networks, optimizers, generators, epoch, history))
-    with atomic_dir(out_dir) as tmp:
-        loop.save_networks(tmp, networks, params, data)
-        write_json(tmp / "history.json", history)
-        write_json(tmp / "init.json", init)
-    checkpoint.clear()
+    if distributed.is_main():
+        with atomic_dir(out_dir) as tmp:
+            loop.save_networks(tmp, networks, params, data)
+            write_json(tmp / "history.json", history)
+            write_json(tmp / "init.json", init)
+    checkpoint.clear()  # waits for rank 0's outputs
     summary = {"epochs": cfg.epochs, "networks": cfg.networks, **(history[-1] if history else {})}
     return {**summary, "init_version": init["version"]}

@@ -236,3 +236,57 @@ def test_pretrained_path_not_a_state_dict_raises(tmp_path: Path) -> None:
     torch.save([torch.zeros(3)], path)
     with pytest.raises(ValueError, match="expected a state dict"):
         build_model("small_cnn", num_classes=10, in_channels=1, pretrained_path=path)
+
+
+def _torchvision_file(path: Path, arch: str = "resnet18", *, drop: str = "", prefix: str = "") -> dict:
+    """A state dict laid out as torchvision's published ImageNet files (1000-class fc), saved at `path`."""
+    from torchvision import models
+
+    torch.manual_seed(7)
+    state = getattr(models, arch)(weights=None).state_dict()
+    state = {prefix + k: v for k, v in state.items() if not (drop and k.endswith(drop))}
+    torch.save(state, path)
+    return state
+
+
+def test_torchvision_imagenet_file_loads_the_backbone_and_replaces_the_head(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "resnet18-f37072fd.pth"
+    state = _torchvision_file(path)
+    fresh = _build("tv_resnet18", seed=3, num_classes=5)
+    model = _build("tv_resnet18", seed=3, num_classes=5, pretrained_path=path)
+    own = model.state_dict()
+    for key, value in state.items():
+        if not key.startswith("fc."):
+            assert_close(own[key], value, rtol=0, atol=0, msg=key)
+    assert model.fc.weight.shape == (5, 512)
+    assert_close(model.fc.weight, fresh.fc.weight, rtol=0, atol=0)
+    assert capsys.readouterr().err.strip() == (
+        f"pretrained weights {path}: backbone loaded; its 1000-class head is replaced by a fresh 5-class fc"
+    )
+
+
+def test_a_file_without_batch_counters_loads(tmp_path: Path) -> None:
+    path = tmp_path / "old.pth"
+    state = _torchvision_file(path, drop=".num_batches_tracked")
+    model = _build("tv_resnet18", num_classes=5, pretrained_path=path)
+    assert_close(model.layer4[1].bn2.running_var, state["layer4.1.bn2.running_var"], rtol=0, atol=0)
+
+
+def test_a_file_that_does_not_fit_names_the_keys(tmp_path: Path) -> None:
+    path = tmp_path / "resnet50.pth"
+    _torchvision_file(path, "resnet50")
+    with pytest.raises(
+        ValueError,
+        match=r"does not fit the model \(0 missing, \d+ misshapen, \d+ unexpected keys\): "
+        r"shape of layer1\.0\.conv1\.weight: file \(64, 64, 1, 1\) vs model \(64, 64, 3, 3\)",
+    ):
+        _build("tv_resnet18", pretrained_path=path)
+
+
+def test_a_file_saved_from_a_ddp_wrapper_is_named_and_explained(tmp_path: Path) -> None:
+    path = tmp_path / "ddp.pth"
+    _torchvision_file(path, prefix="module.")
+    with pytest.raises(
+        ValueError, match=r"missing conv1\.weight; .*\.\.\. \d+ more \(saved from a DataParallel/DDP"
+    ):
+        _build("tv_resnet18", pretrained_path=path)

@@ -249,3 +249,29 @@ def test_distill_without_ensemble_probabilities_names_the_missing_array(data_dir
         _retrain(
             _params("retrain.use_purified=true", "retrain.distill=0.5"), data_dirs, tmp_path / "m", tmp_path
         )
+
+
+def test_ensemble_package_holds_the_retrained_and_the_co_trained_networks(data_dirs, tmp_path):
+    """warmup's two networks stand in for ssl_train's: the package adds them after the retrained one."""
+    co_trained = tmp_path / "co_trained"
+    warmup.run(_params("warmup.epochs=1", "warmup.networks=2"), **data_dirs, out_dir=co_trained)
+    params = _params("retrain.epochs=1", "retrain.package=ensemble")
+    out = tmp_path / "model"
+    summary = retrain.run(params, **data_dirs, purified_dir=None, ssl_dir=co_trained, out_dir=out)
+    model, meta = load_package(out)
+    assert (
+        meta["members"] == ["weights.pt", "weights_2.pt", "weights_3.pt"] and summary["package_members"] == 3
+    )
+    for k, name in enumerate(("net1.pt", "net2.pt"), start=1):
+        saved = torch.load(co_trained / name, weights_only=True)
+        packaged = model.members[k].state_dict()
+        assert all(torch.equal(saved[key], packaged[key]) for key in saved)
+    predicted, true = _test_predictions(out, data_dirs["dataset_dir"])
+    assert summary["package_test_acc"] == pytest.approx(float(np.mean(predicted == true)), abs=0.01)
+
+    with pytest.raises(
+        LabelsieveError, match=r"retrain.package: ensemble uses .*or set retrain.package: single"
+    ):
+        retrain.run(
+            params, **data_dirs, purified_dir=None, ssl_dir=tmp_path / "none", out_dir=tmp_path / "m2"
+        )
