@@ -229,3 +229,47 @@ def test_stream_smoke_times_both_paths_with_identical_losses(tmp_path: Path) -> 
     )
     assert result["cpu"] and result["torch"] == torch.__version__ and result["threads"] == threads
     assert "| fmnist 1x28x28 |" in (tmp_path / "stream.md").read_text()
+
+
+def test_crawl_scale_images_are_distinct_and_growth_compares_one_sitting(tmp_path: Path) -> None:
+    crawl_scale = _benchmark_module("crawl_scale")
+    crawl_scale.generate(tmp_path / "crawl", 30)
+    files = sorted((tmp_path / "crawl").rglob("*.ppm"))
+    assert len(files) == 30 and len({f.parent.name for f in files}) == 10
+    assert len({f.read_bytes() for f in files}) == 30  # no two alike, so ingest keeps every one
+    header = f"P6\n{crawl_scale.SIDE} {crawl_scale.SIDE}\n255\n".encode()
+    assert all(
+        f.read_bytes().startswith(header) and f.stat().st_size == len(header) + 64 * 64 * 3 for f in files
+    )
+
+    def step(seconds: float, sitting: str) -> dict[str, object]:
+        return {
+            "seconds": seconds + 5,
+            "net_seconds": seconds,
+            "peak_rss_mib": 1.0,
+            "peak_anon_mib": 2.0,
+            "sitting": sitting,
+        }
+
+    rows = [
+        {
+            "n": 10,
+            "steps": {
+                "ingest": step(1.0, "a"),
+                "purify": step(4.0, "b"),
+            },
+        },
+        {"n": 100, "steps": {"ingest": step(30.0, "a")}},
+        {
+            "n": 1000,
+            "steps": {
+                "ingest": step(99.0, "c"),
+                "purify": step(40.0, "b"),
+            },
+        },
+    ]
+    env = {"cpu": "x", "cores": 2, "torch": "t", "threads": 1, "commit": "c"}
+    table = crawl_scale.markdown({"environment": env, "rows": rows})
+    # ingest's largest N was measured in sitting c alone: no ratio; purify's two sizes share sitting b
+    assert "| ingest | 1e+01" not in table and "| ingest | 1e+02" not in table
+    assert "| purify | 1e+01 -> 1e+03 | 100x | 10.00x | 1.00x |" in table
