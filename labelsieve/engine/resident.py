@@ -96,17 +96,25 @@ class TrainingData:
         )
 
 
-def channel_stats(images: np.ndarray, chunk: int = 8192) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 (N, C, H, W) images in 0..1 units, float64, chunked."""
+def channel_stats(
+    images: np.ndarray, chunk_bytes: int = 64 * 2**20
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 (N, C, H, W) images in 0..1 units, float64.
+
+    The images are read in blocks of at most `chunk_bytes` of float64 (one image at the least), so the
+    memory this takes does not depend on N or grow with the image size: a fixed 8,192-image block needed
+    2.4 GB of temporaries at 64 px RGB and would need 30 GB at 224 px.
+    """
     channels = images.shape[1]
+    per_image = max(int(np.prod(images.shape[1:])) * 8, 1)
+    chunk = max(chunk_bytes // per_image, 1)
     total = np.zeros(channels)
     total_sq = np.zeros(channels)
-    count = 0
     for start in range(0, len(images), chunk):
-        block = images[start : start + chunk].astype(np.float64) / 255.0
+        block = images[start : start + chunk].astype(np.float64)
         total += block.sum(axis=(0, 2, 3))
-        total_sq += np.square(block).sum(axis=(0, 2, 3))
-        count += block.shape[0] * block.shape[2] * block.shape[3]
-    mean = total / max(count, 1)
-    std = np.sqrt(np.maximum(total_sq / max(count, 1) - mean**2, 1e-12))
+        total_sq += np.einsum("nchw,nchw->c", block, block)  # the squares without a second block
+    count = max(len(images) * images.shape[2] * images.shape[3], 1)
+    mean = total / count / 255.0
+    std = np.sqrt(np.maximum(total_sq / count / 255.0**2 - mean**2, 1e-12))
     return tuple(mean.tolist()), tuple(std.tolist())
