@@ -143,9 +143,10 @@ def sum_tensor(value: torch.Tensor) -> torch.Tensor:
     return total.to(value.device)
 
 
-def row_block(n: int) -> slice:
-    """This rank's contiguous block of `n` rows in a sharded no-grad pass (`tensor_split` boundaries)."""
-    world, r = world_size(), rank()
+def row_block(n: int, r: int | None = None) -> slice:
+    """Rank `r`'s (default: this rank's) contiguous block of `n` rows in a sharded no-grad pass
+    (`tensor_split` boundaries)."""
+    world, r = world_size(), rank() if r is None else r
     base, extra = divmod(n, world)
     start = r * base + min(r, extra)
     return slice(start, start + base + (r < extra))
@@ -164,8 +165,7 @@ def gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:
     padded = padded.to(_collective_device())
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
-    base, extra = divmod(n, world)
-    blocks = [part[: base + (r < extra)] for r, part in enumerate(parts)]
+    blocks = [part[: (block := row_block(n, r)).stop - block.start] for r, part in enumerate(parts)]
     return torch.cat(blocks).to(local.device)
 
 

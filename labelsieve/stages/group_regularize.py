@@ -105,8 +105,7 @@ def grip_epoch(
         state.accumulate(probs[keep], labels[keep])
         counts += torch.bincount(decision.long().cpu(), minlength=3)
         total += float(loss.detach())
-    if distributed.world_size() > 1:
-        state.accum, state.counts = distributed.sum_tensor(state.accum), distributed.sum_tensor(state.counts)
+    state.accum, state.counts = distributed.sum_tensor(state.accum), distributed.sum_tensor(state.counts)
     state.end_epoch(momentum=cfg.momentum)
     clean, revised, discarded = distributed.sum_tensor(counts).tolist()
     return {

@@ -190,7 +190,7 @@ def starting_network(
     if params.retrain.init_from == "scratch":
         (model,) = loop.build_networks(params, data, 1, device)
         return model
-    return co_trained(params, data, ssl_dir, device, setting="retrain.init_from: ssl", other="scratch")[0]
+    return co_trained(params, data, ssl_dir, device, key="retrain.init_from", value="ssl", other="scratch")[0]
 
 
 def package_members(
@@ -203,8 +203,8 @@ def package_members(
     """
     if params.retrain.package == "single":
         return [model]
-    others = co_trained(params, data, ssl_dir, device, setting="retrain.package: ensemble", other="single")
-    return [model, *others]
+    key = "retrain.package"
+    return [model, *co_trained(params, data, ssl_dir, device, key=key, value="ensemble", other="single")]
 
 
 def co_trained(
@@ -213,18 +213,18 @@ def co_trained(
     ssl_dir: str | Path | None,
     device: torch.device,
     *,
-    setting: str,
+    key: str,
+    value: str,
     other: str,
 ) -> list[Classifier]:
-    """The ssl_train stage's networks, which `setting` needs; `other` is the setting's value that does not.
+    """The ssl_train stage's networks, which `key: value` needs; `key: other` would not.
 
     Raises:
         LabelsieveError: `ssl_dir` holds no networks.
     """
     if ssl_dir is None or not (Path(ssl_dir) / "networks.json").is_file():
-        key = setting.split(":")[0]
         raise LabelsieveError(
-            f"{Path(ssl_dir or '') / 'networks.json'} is missing: {setting} uses the ssl_train stage's "
+            f"{Path(ssl_dir or '') / 'networks.json'} is missing: {key}: {value} uses the ssl_train stage's "
             "networks. Run `labelsieve ssl-train` first (or pass its output as --ssl-dir), "
             f"or set {key}: {other}"
         )

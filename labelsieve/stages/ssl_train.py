@@ -69,15 +69,12 @@ def mixmatch_epoch(
         [unlabeled_idx[torch.randperm(len(unlabeled_idx), generator=generators.cpu)] for _ in range(laps)]
     )
     # A step asks for its labeled batch, then as many unlabeled rows (each twice: served once).
-    # Data-parallel: this rank's slices of the steps it takes (`local_rows`; too-small batches skipped).
+    # Data-parallel: this rank's slices of the steps it takes (`distributed.shard`).
     prefetch(
         data.train_images,
         *(
-            [distributed.local_rows(b) for b in batches if len(b) >= distributed.world_size()]
-            for batches in (
-                labeled_order.split(cfg.batch_size),
-                unlabeled_order[: len(labeled_order)].split(cfg.batch_size),
-            )
+            [rows for rows, _ in distributed.shard(order.split(cfg.batch_size))]
+            for order in (labeled_order, unlabeled_order[: len(labeled_order)])
         ),
     )
     # λ_u = 0 (web scale): the unlabeled rows still take part in the mix; only their forward and L_u go.
