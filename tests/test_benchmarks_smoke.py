@@ -273,3 +273,33 @@ def test_crawl_scale_images_are_distinct_and_growth_compares_one_sitting(tmp_pat
     # ingest's largest N was measured in sitting c alone: no ratio; purify's two sizes share sitting b
     assert "| ingest | 1e+01" not in table and "| ingest | 1e+02" not in table
     assert "| purify | 1e+01 -> 1e+03 | 100x | 10.00x | 1.00x |" in table
+
+
+def test_tuning_slice_is_disjoint_from_the_benchmarks_images() -> None:
+    slicer = _benchmark_module("tuning_slice")
+    labels = np.tile(np.arange(3), 2300)  # 2,300 images per class, interleaved
+    rows = slicer.slice_rows(labels)
+    for split, (start, stop) in slicer.SPLITS.items():
+        picked = np.array([i for i, s in rows if s == split])
+        assert np.bincount(labels[picked]).tolist() == [stop - start] * 3
+        rank = picked // 3  # position of each image among its class's images
+        assert rank.min() == start and rank.max() == stop - 1
+    assert min(i // 3 for i, _ in rows) >= 1000  # never one of the CPU profile's first 1,000 per class
+    assert len({i for i, _ in rows}) == len(rows)
+
+
+def test_purify_ceiling_rankings_by_hand() -> None:
+    ceiling = _benchmark_module("purify_ceiling")
+    labels = np.array([0, 1])
+    final = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1]])
+    dynamics = {
+        "probs": np.array([[0.5, 0.4, 0.1], [0.8, 0.1, 0.1]]),
+        "loss": np.array([0.4, 1.9]),
+        "held_out_probs": np.array([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1]]),
+    }
+    scores = ceiling.rankings(labels, final, dynamics)
+    # averaged probabilities: [0.6, 0.3, 0.1] and [0.7, 0.2, 0.1]
+    np.testing.assert_allclose(scores["margin"], [-(0.6 - 0.3), -(0.2 - 0.7)])
+    np.testing.assert_allclose(scores["self_confidence"], [-0.6, -0.2])
+    np.testing.assert_allclose(scores["dynamics_loss"], [0.4, 1.9])
+    np.testing.assert_allclose(scores["held_out"], [-0.9, -0.7])

@@ -1,0 +1,119 @@
+"""How far the purify rule is from its ceiling: each ranking's AUROC and F1, with estimated and true counts.
+
+`purify` flags, in each given class, the round(ρ̂_i · N_i) samples with the highest noise score
+(docs/purification.md). Its F1 therefore has two sources of error: the ranking (how well the score orders
+noisy before clean) and the count (confident learning's ρ̂_i). This benchmark separates them on finished
+runs with known truth. For each ranking it reports the AUROC, the F1 with confident learning's counts (what
+`purify` does) and the F1 with the true number of noisy samples per class (the ceiling of any count
+estimate for that ranking). It reads the artifacts a `benchmarks/quality.py --work DIR` run keeps; nothing
+is retrained, only the final networks' prediction pass is redone.
+
+Rankings, all from the co-trained networks (higher = more likely wrong):
+- ``margin``: −(p_ỹ − max_{j≠ỹ} p_j) on the average of the training dynamics and the final prediction,
+  `purify`'s noise score;
+- ``self_confidence``: −p_ỹ on the same average;
+- ``dynamics_loss``: the CE against ỹ averaged over every co-divide (`dynamics.npz`);
+- ``held_out``: −p_ỹ averaged over the divisions where the sample was unlabeled.
+
+Run it on the Fashion-MNIST tuning slice (`benchmarks/tuning_slice.py`), never on the benchmark's own runs
+when a rule is being chosen:
+
+    uv run python benchmarks/purify_ceiling.py /tmp/fm-tune-work --out benchmarks/results/purify_ceiling.json
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from labelsieve.atomic import write_json, write_text
+from labelsieve.config import load_params
+from labelsieve.engine import loop
+from labelsieve.engine.resident import TrainingData
+from labelsieve.maths import confident, metrics, purification
+from labelsieve.stages import purify, ssl_train
+
+
+def rankings(labels: np.ndarray, final: np.ndarray, dynamics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The four noise scores of the module docstring, (N,) float64 each."""
+    rows = np.arange(len(labels))
+    averaged = (dynamics["probs"].astype(np.float64) + final) / 2.0
+    return {
+        "margin": -purification.margins(labels, averaged),
+        "self_confidence": -averaged[rows, labels],
+        "dynamics_loss": dynamics["loss"].astype(np.float64),
+        "held_out": -dynamics["held_out_probs"][rows, labels].astype(np.float64),
+    }
+
+
+def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
+    """Every ranking's AUROC and F1 (estimated and true counts) on one finished run."""
+    params = load_params(params_file, overrides=["runtime.threads=1"])
+    device = torch.device("cpu")
+    data = TrainingData.load(dataset, run / "labels", device, "resident")
+    if data.train_true_labels is None:
+        raise SystemExit(f"{run}: the truth is unknown (not a benchmark run)")
+    given = data.train_labels.numpy()
+    noisy = given != data.train_true_labels.numpy()
+    final = purify.final_probs(loop.load_networks(run / "ssl", params, data, device), data, params)
+    final = final.double().numpy()
+    dynamics = ssl_train.read_dynamics(run / "ssl")
+    if dynamics is None:
+        raise SystemExit(f"{run / 'ssl'} holds no dynamics.npz")
+    averaged = (dynamics["probs"].astype(np.float64) + final) / 2.0
+    estimated = confident.estimate(given, averaged).flag_counts()
+    true_counts = np.bincount(given[noisy], minlength=final.shape[1])
+    figures: dict[str, Any] = {
+        "noise_rate": float(noisy.mean()),
+        "flagged_fraction_estimated": float(estimated.sum() / len(given)),
+    }
+    for name, score in rankings(given, final, dynamics).items():
+        figures[name] = {"auroc": metrics.auroc(score, noisy)} | {
+            f"f1_{kind}_counts": metrics.detection(purification.flag_top(score, given, counts), noisy)["f1"]
+            for kind, counts in (("estimated", estimated), ("true", true_counts))
+        }
+    return figures
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    """A Markdown table: one row per run and ranking."""
+    lines = [
+        "| run | noise | flagged (CL) | ranking | AUROC | F1, CL counts | F1, true counts |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for run, fig in results.items():
+        for name in ("margin", "self_confidence", "dynamics_loss", "held_out"):
+            r = fig[name]
+            lines.append(
+                f"| {run} | {fig['noise_rate']:.3f} | {fig['flagged_fraction_estimated']:.3f} | {name} | "
+                f"{r['auroc']:.4f} | {r['f1_estimated_counts']:.4f} | {r['f1_true_counts']:.4f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("work", nargs="+", help="quality.py --work folders (dataset/, params.yaml, runs)")
+    parser.add_argument("--out", help="write the figures here (JSON) and a Markdown table beside it")
+    args = parser.parse_args()
+    results = {}
+    for work in map(Path, args.work):
+        for dynamics in sorted(work.glob("*/ssl/dynamics.npz")):
+            run = dynamics.parent.parent
+            results[f"{work.name}/{run.name}"] = measure(run, work / "dataset", work / "params.yaml")
+    if not results:
+        raise SystemExit(f"no run with ssl/dynamics.npz under {', '.join(args.work)}")
+    print(table(results), end="")
+    if args.out:
+        write_json(args.out, results)
+        write_text(Path(args.out).with_suffix(".md"), table(results))
+
+
+if __name__ == "__main__":
+    main()
