@@ -13,7 +13,7 @@ run: bootstrap
 
 test: bootstrap
 	$(UV) run ruff check .
-	$(UV) run pytest -q
+	$(UV) run pytest -q -n 2 --dist loadfile
 
 lint: bootstrap
 	$(UV) run ruff check .

@@ -13,7 +13,9 @@ Rankings, all from the co-trained networks (higher = more likely wrong):
   `purify`'s noise score;
 - ``self_confidence``: −p_ỹ on the same average;
 - ``dynamics_loss``: the CE against ỹ averaged over every co-divide (`dynamics.npz`);
-- ``held_out``: −p_ỹ averaged over the divisions where the sample was unlabeled.
+- ``held_out``: −p_ỹ averaged over the divisions where the sample was unlabeled;
+- ``noise_source_margin``: −(p_ỹ − Σ_j w_ỹj p_j) on the average, w_i the confident joint's off-diagonal row
+  i normalised to 1 (uniform where it is empty): the margin against the estimated source of class ỹ's noise.
 
 Run it on the Fashion-MNIST tuning slice (`benchmarks/tuning_slice.py`), never on the benchmark's own runs
 when a rule is being chosen:
@@ -38,15 +40,28 @@ from labelsieve.maths import confident, metrics, purification
 from labelsieve.stages import purify, ssl_train
 
 
-def rankings(labels: np.ndarray, final: np.ndarray, dynamics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The four noise scores of the module docstring, (N,) float64 each."""
+def source_weights(joint: np.ndarray) -> np.ndarray:
+    """(C, C) each row i: the off-diagonal of `joint`'s row i normalised to sum 1, uniform where it is 0."""
+    num_classes = len(joint)
+    off = joint * (1.0 - np.eye(num_classes))
+    total = off.sum(axis=1, keepdims=True)
+    uniform = (1.0 - np.eye(num_classes)) / (num_classes - 1)
+    return np.where(total > 0, off / np.where(total > 0, total, 1.0), uniform)
+
+
+def rankings(
+    labels: np.ndarray, final: np.ndarray, dynamics: dict[str, np.ndarray], joint: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The noise scores of the module docstring, (N,) float64 each; `joint` the confident-learning Q."""
     rows = np.arange(len(labels))
     averaged = (dynamics["probs"].astype(np.float64) + final) / 2.0
+    source = (averaged * source_weights(joint)[labels]).sum(axis=1)
     return {
         "margin": -purification.margins(labels, averaged),
         "self_confidence": -averaged[rows, labels],
         "dynamics_loss": dynamics["loss"].astype(np.float64),
         "held_out": -dynamics["held_out_probs"][rows, labels].astype(np.float64),
+        "noise_source_margin": -(averaged[rows, labels] - source),
     }
 
 
@@ -65,18 +80,22 @@ def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
     if dynamics is None:
         raise SystemExit(f"{run / 'ssl'} holds no dynamics.npz")
     averaged = (dynamics["probs"].astype(np.float64) + final) / 2.0
-    estimated = confident.estimate(given, averaged).flag_counts()
+    estimate = confident.estimate(given, averaged)
+    estimated = estimate.flag_counts()
     true_counts = np.bincount(given[noisy], minlength=final.shape[1])
     figures: dict[str, Any] = {
         "noise_rate": float(noisy.mean()),
         "flagged_fraction_estimated": float(estimated.sum() / len(given)),
     }
-    for name, score in rankings(given, final, dynamics).items():
+    for name, score in rankings(given, final, dynamics, estimate.joint).items():
         figures[name] = {"auroc": metrics.auroc(score, noisy)} | {
             f"f1_{kind}_counts": metrics.detection(purification.flag_top(score, given, counts), noisy)["f1"]
             for kind, counts in (("estimated", estimated), ("true", true_counts))
         }
     return figures
+
+
+RANKINGS = ("margin", "self_confidence", "dynamics_loss", "held_out", "noise_source_margin")
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
@@ -86,7 +105,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for run, fig in results.items():
-        for name in ("margin", "self_confidence", "dynamics_loss", "held_out"):
+        for name in RANKINGS:
             r = fig[name]
             lines.append(
                 f"| {run} | {fig['noise_rate']:.3f} | {fig['flagged_fraction_estimated']:.3f} | {name} | "

@@ -297,9 +297,22 @@ def test_purify_ceiling_rankings_by_hand() -> None:
         "loss": np.array([0.4, 1.9]),
         "held_out_probs": np.array([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1]]),
     }
-    scores = ceiling.rankings(labels, final, dynamics)
+    joint = np.array([[0.4, 0.1, 0.0], [0.0, 0.3, 0.0], [0.1, 0.05, 0.05]])  # row 1: no off-diagonal mass
+    scores = ceiling.rankings(labels, final, dynamics, joint)
     # averaged probabilities: [0.6, 0.3, 0.1] and [0.7, 0.2, 0.1]
     np.testing.assert_allclose(scores["margin"], [-(0.6 - 0.3), -(0.2 - 0.7)])
     np.testing.assert_allclose(scores["self_confidence"], [-0.6, -0.2])
     np.testing.assert_allclose(scores["dynamics_loss"], [0.4, 1.9])
     np.testing.assert_allclose(scores["held_out"], [-0.9, -0.7])
+    # row 0's source is class 1 alone; row 1 has none, so its sources weigh 1/2 each
+    np.testing.assert_allclose(scores["noise_source_margin"], [-(0.6 - 0.3), -(0.2 - (0.7 + 0.1) / 2)])
+    assert set(scores) == set(ceiling.RANKINGS)
+
+
+def test_division_probe_variant_syntax() -> None:
+    probe = _benchmark_module("division_probe")
+    assert probe.parse_variant("base") == ("base", [])
+    assert probe.parse_variant("ce:warmup.loss=ce,warmup.confidence_penalty=1") == (
+        "ce",
+        ["warmup.loss=ce", "warmup.confidence_penalty=1"],
+    )
