@@ -95,7 +95,10 @@ def generate(root: Path, n: int, *, seed: int = 0, chunk: int = 2_000) -> None:
 
 
 def run_step(argv: list[str], log: Path) -> dict[str, float]:
-    """Run one command in a fresh process; its wall seconds and peak memory (MiB).
+    """Run one command in a fresh process; its wall and CPU seconds and peak memory (MiB).
+
+    ``cpu_seconds`` is the child's user + system time (``ru_utime + ru_stime``): wall time well above it
+    on one busy thread is time spent waiting, mostly for the disk.
 
     ``peak_rss_mib`` is the kernel's ``ru_maxrss``: every resident page, including the pages of the
     memory-mapped dataset files the process touched, which the kernel can drop at any time.
@@ -118,7 +121,12 @@ def run_step(argv: list[str], log: Path) -> dict[str, float]:
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(argv)} failed (exit {os.waitstatus_to_exitcode(status)}); see {log}")
-    return {"seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024, "peak_anon_mib": peak_anon / 1024}
+    return {
+        "seconds": seconds,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        "peak_rss_mib": usage.ru_maxrss / 1024,
+        "peak_anon_mib": peak_anon / 1024,
+    }
 
 
 def _anon_kib(pid: int) -> int:
@@ -238,8 +246,10 @@ def markdown(result: dict[str, Any]) -> str:
         "Peak RSS counts the touched pages of the memory-mapped store too; peak anon is the process's own",
         "memory (heap, stacks), polled every 0.1 s.",
         "",
-        "| N | step | wall s | net s | µs per image | peak RSS MiB | peak anon MiB |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "CPU s is the step's user + system time (all its threads; blank where a sitting did not record it).",
+        "",
+        "| N | step | wall s | net s | CPU s | µs per image | peak RSS MiB | peak anon MiB |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name in steps:
         for row in rows:
@@ -247,12 +257,16 @@ def markdown(result: dict[str, Any]) -> str:
                 continue
             fig = row["steps"][name]
             per = fig["net_seconds"] / row["n"] * 1e6
+            cpu = f"{fig['cpu_seconds']:.1f}" if "cpu_seconds" in fig else ""
             lines.append(
-                f"| {row['n']:.0e} | {name} | {fig['seconds']:.1f} | {fig['net_seconds']:.1f} | {per:.1f} | "
-                f"{fig['peak_rss_mib']:.0f} | {fig['peak_anon_mib']:.0f} |"
+                f"| {row['n']:.0e} | {name} | {fig['seconds']:.1f} | {fig['net_seconds']:.1f} | {cpu} | "
+                f"{per:.1f} | {fig['peak_rss_mib']:.0f} | {fig['peak_anon_mib']:.0f} |"
             )
     lines += ["", "Growth from the smallest to the largest N of one sitting (linear = the size ratio):", ""]
-    lines += ["| step | sizes | size ratio | time ratio | anon memory ratio |", "|---|---|---:|---:|---:|"]
+    lines += [
+        "| step | sizes | size ratio | time ratio | CPU time ratio | anon memory ratio |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for name in steps:
         have = [row for row in rows if name in row["steps"]]
         have = [row for row in have if row["steps"][name]["sitting"] == have[-1]["steps"][name]["sitting"]]
@@ -260,9 +274,12 @@ def markdown(result: dict[str, Any]) -> str:
             continue
         first, last = have[0], have[-1]
         a, b = first["steps"][name], last["steps"][name]
+        both = "cpu_seconds" in a and "cpu_seconds" in b
+        cpu = f"{b['cpu_seconds'] / a['cpu_seconds']:.2f}x" if both else ""
         lines.append(
             f"| {name} | {first['n']:.0e} -> {last['n']:.0e} | {last['n'] / first['n']:.0f}x | "
-            f"{b['net_seconds'] / a['net_seconds']:.2f}x | {b['peak_anon_mib'] / a['peak_anon_mib']:.2f}x |"
+            f"{b['net_seconds'] / a['net_seconds']:.2f}x | {cpu} | "
+            f"{b['peak_anon_mib'] / a['peak_anon_mib']:.2f}x |"
         )
     return "\n".join(lines) + "\n"
 

@@ -246,6 +246,7 @@ def test_crawl_scale_images_are_distinct_and_growth_compares_one_sitting(tmp_pat
         return {
             "seconds": seconds + 5,
             "net_seconds": seconds,
+            "cpu_seconds": 3 * seconds,
             "peak_rss_mib": 1.0,
             "peak_anon_mib": 2.0,
             "sitting": sitting,
@@ -272,7 +273,8 @@ def test_crawl_scale_images_are_distinct_and_growth_compares_one_sitting(tmp_pat
     table = crawl_scale.markdown({"environment": env, "rows": rows})
     # ingest's largest N was measured in sitting c alone: no ratio; purify's two sizes share sitting b
     assert "| ingest | 1e+01" not in table and "| ingest | 1e+02" not in table
-    assert "| purify | 1e+01 -> 1e+03 | 100x | 10.00x | 1.00x |" in table
+    assert "| purify | 1e+01 -> 1e+03 | 100x | 10.00x | 10.00x | 1.00x |" in table
+    assert "| 1e+03 | purify | 45.0 | 40.0 | 120.0 | 40000.0 | 1 | 2 |" in table
 
 
 def test_tuning_slice_is_disjoint_from_the_benchmarks_images() -> None:
