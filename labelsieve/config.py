@@ -194,6 +194,9 @@ class SslTrainConfig:
     recalibration_until: float = bounded(
         1.0, 0.0, 1.0, doc="no recalibration after this share of the SSL epochs (published: 1, none barred)"
     )
+    recalibration_fraction: float = bounded(
+        1.0, 0.0, 1.0, lo_open=True, doc="share of a recalibration epoch's batches trained (published: 1)"
+    )
 
 
 @dataclass(frozen=True)

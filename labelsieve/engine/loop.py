@@ -218,19 +218,24 @@ def supervised_epoch(
     penalty: float,
     generators: Generators,
     desc: str,
+    fraction: float = 1.0,
 ) -> dict[str, float]:
     """One epoch over the full noisy training set: plain CE or the SMR mixup loss (§3.1), + penalty·NE.
 
-    Used by the warm-up, by SMR recalibration epochs and by the plain-CE baseline. Data-parallel: each
-    rank trains on its slice of every batch (`distributed.shard`); the logged loss is the global mean.
+    Used by the warm-up, by SMR recalibration epochs and by the plain-CE baseline. With `fraction` < 1
+    only the first ceil(fraction · steps) batches of the epoch's order are trained, at the learning rates
+    of those steps (a recalibration scaled to a short budget). Data-parallel: each rank trains on its
+    slice of every batch (`distributed.shard`); the logged loss is the global mean.
     """
     model.train()
     cfg = params.model
     trainer = distributed.wrap(model)
-    order = distributed.shard(batches(len(data.train_labels), cfg.batch_size, generators.cpu))
+    full = batches(len(data.train_labels), cfg.batch_size, generators.cpu)
+    steps = len(full)
+    order = distributed.shard(full[: max(1, math.ceil(fraction * steps - 1e-9))])
     prefetch(data.train_images, [idx for idx, _ in order])
-    total, steps = 0.0, len(order)
-    for step, (idx, size) in enumerate(progress(order, total=steps, desc=desc, mode=params.runtime.progress)):
+    total, bar = 0.0, progress(order, total=len(order), desc=desc, mode=params.runtime.progress)
+    for step, (idx, size) in enumerate(bar):
         set_lr(optimizer, lr_at(epoch + step / steps, cfg, params.total_epochs))
         idx = idx.to(data.train_labels.device)
         x = views(data.train_images[idx], cfg, data.mean, data.std, generators.device)
@@ -252,7 +257,7 @@ def supervised_epoch(
         value.backward()
         optimizer.step()
         total += float(value.detach())
-    return {"loss": distributed.mean(total) / max(steps, 1)}
+    return {"loss": distributed.mean(total) / max(len(order), 1)}
 
 
 def local_permutation(perm: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:

@@ -226,6 +226,7 @@ def run(
                         penalty=0.0,
                         generators=generators,
                         desc=f"recalibrate {epoch + 1} net{k + 1}",
+                        fraction=cfg.recalibration_fraction,
                     )["loss"]
                     for k, (m, o) in enumerate(zip(networks, optimizers, strict=True))
                 ]

@@ -257,3 +257,38 @@ def test_per_class_division_fits_one_gmm_per_class_on_digits(data_dirs, warmed, 
         assert arrays["normalised"][0][labels == c].max() == pytest.approx(1.0)
     entry = json.loads((tmp_path / "d" / "histogram.json").read_text())["networks"][0]
     assert sum(entry["clean"]) == len(np.unique(labels)) and sum(entry["weights"]) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.41])
+def test_a_fractional_epoch_trains_its_first_batches_at_the_full_epochs_rates(
+    data_dirs, fraction, monkeypatch
+):
+    from labelsieve.engine import loop
+    from labelsieve.engine.resident import TrainingData
+
+    params = _params()
+    data = TrainingData.load(data_dirs["dataset_dir"], data_dirs["labels_dir"], torch.device("cpu"))
+    model = loop.build_networks(params, data, 1, torch.device("cpu"))[0]
+    optimizer = loop.make_optimizer(model, params.model)
+    rates = []
+    real_set_lr = loop.set_lr
+    monkeypatch.setattr(loop, "set_lr", lambda opt, lr: (rates.append(lr), real_set_lr(opt, lr)))
+    generators = loop.Generators(0, "test", torch.device("cpu"))
+    loop.supervised_epoch(
+        model,
+        optimizer,
+        data,
+        params=params,
+        epoch=3,
+        loss="ce",
+        alpha=1.0,
+        penalty=0.0,
+        generators=generators,
+        desc="t",
+        fraction=fraction,
+    )
+    steps = -(-len(data.train_labels) // params.model.batch_size)
+    taken = int(np.ceil(fraction * steps))
+    assert len(rates) == taken and (fraction == 1.0 or taken < steps)
+    expected = [loop.lr_at(3 + s / steps, params.model, params.total_epochs) for s in range(taken)]
+    assert rates == expected
