@@ -50,11 +50,11 @@ def source_weights(joint: np.ndarray) -> np.ndarray:
 
 
 def rankings(
-    labels: np.ndarray, final: np.ndarray, dynamics: dict[str, np.ndarray], joint: np.ndarray
+    labels: np.ndarray, averaged: np.ndarray, dynamics: dict[str, np.ndarray], joint: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """The noise scores of the module docstring, (N,) float64 each; `joint` the confident-learning Q."""
+    """The noise scores of the module docstring, (N,) float64 each; `averaged` the mean of the dynamics'
+    and the final probabilities, `joint` confident learning's Q on them."""
     rows = np.arange(len(labels))
-    averaged = (dynamics["probs"].astype(np.float64) + final) / 2.0
     source = (averaged * source_weights(joint)[labels]).sum(axis=1)
     return {
         "margin": -purification.margins(labels, averaged),
@@ -87,7 +87,7 @@ def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
         "noise_rate": float(noisy.mean()),
         "flagged_fraction_estimated": float(estimated.sum() / len(given)),
     }
-    for name, score in rankings(given, final, dynamics, estimate.joint).items():
+    for name, score in rankings(given, averaged, dynamics, estimate.joint).items():
         figures[name] = {"auroc": metrics.auroc(score, noisy)} | {
             f"f1_{kind}_counts": metrics.detection(purification.flag_top(score, given, counts), noisy)["f1"]
             for kind, counts in (("estimated", estimated), ("true", true_counts))

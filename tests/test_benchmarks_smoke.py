@@ -300,8 +300,8 @@ def test_purify_ceiling_rankings_by_hand() -> None:
         "held_out_probs": np.array([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1]]),
     }
     joint = np.array([[0.4, 0.1, 0.0], [0.0, 0.3, 0.0], [0.1, 0.05, 0.05]])  # row 1: no off-diagonal mass
-    scores = ceiling.rankings(labels, final, dynamics, joint)
-    # averaged probabilities: [0.6, 0.3, 0.1] and [0.7, 0.2, 0.1]
+    averaged = (dynamics["probs"] + final) / 2  # [0.6, 0.3, 0.1] and [0.7, 0.2, 0.1]
+    scores = ceiling.rankings(labels, averaged, dynamics, joint)
     np.testing.assert_allclose(scores["margin"], [-(0.6 - 0.3), -(0.2 - 0.7)])
     np.testing.assert_allclose(scores["self_confidence"], [-0.6, -0.2])
     np.testing.assert_allclose(scores["dynamics_loss"], [0.4, 1.9])
