@@ -1,21 +1,22 @@
 """How far the purify rule is from its ceiling: each ranking's AUROC and F1, with estimated and true counts.
 
-`purify` flags, in each given class, the round(ρ̂_i · N_i) samples with the highest noise score
-(docs/purification.md). Its F1 therefore has two sources of error: the ranking (how well the score orders
-noisy before clean) and the count (confident learning's ρ̂_i). This benchmark separates them on finished
-runs with known truth. For each ranking it reports the AUROC, the F1 with confident learning's counts (what
-`purify` does) and the F1 with the true number of noisy samples per class (the ceiling of any count
-estimate for that ranking). It reads the artifacts a `benchmarks/quality.py --work DIR` run keeps; nothing
-is retrained, only the final networks' prediction pass is redone.
+A flag rule has two sources of error: the ranking (how well the score orders noisy before clean) and how
+many it flags. This benchmark separates them on finished runs with known truth. For each ranking it reports
+the AUROC, the F1 when each given class flags confident learning's count round(ρ̂_i · N_i) (`purify`'s rule
+before stop 25, which now thresholds the posterior; docs/purification.md) and the F1 with the true number
+of noisy samples per class (the ceiling of any count estimate for that ranking). It reads the artifacts a
+`benchmarks/quality.py --work DIR` run keeps; nothing is retrained, only the final networks' prediction pass
+is redone.
 
 Rankings, all from the co-trained networks (higher = more likely wrong):
-- ``margin``: −(p_ỹ − max_{j≠ỹ} p_j) on the average of the training dynamics and the final prediction,
-  `purify`'s noise score;
+- ``margin``: −(p_ỹ − max_{j≠ỹ} p_j) on the average of the training dynamics and the final prediction;
 - ``self_confidence``: −p_ỹ on the same average;
 - ``dynamics_loss``: the CE against ỹ averaged over every co-divide (`dynamics.npz`);
 - ``held_out``: −p_ỹ averaged over the divisions where the sample was unlabeled;
 - ``noise_source_margin``: −(p_ỹ − Σ_j w_ỹj p_j) on the average, w_i the confident joint's off-diagonal row
-  i normalised to 1 (uniform where it is empty): the margin against the estimated source of class ỹ's noise.
+  i normalised to 1 (uniform where it is empty): the margin against the estimated source of class ỹ's noise;
+- ``noise_posterior``: P(y* ≠ ỹ | x, ỹ) on the average with confident learning's noise matrix, `purify`'s
+  noise score.
 
 Run it on the Fashion-MNIST tuning slice (`benchmarks/tuning_slice.py`), never on the benchmark's own runs
 when a rule is being chosen:
@@ -50,10 +51,14 @@ def source_weights(joint: np.ndarray) -> np.ndarray:
 
 
 def rankings(
-    labels: np.ndarray, averaged: np.ndarray, dynamics: dict[str, np.ndarray], joint: np.ndarray
+    labels: np.ndarray,
+    averaged: np.ndarray,
+    dynamics: dict[str, np.ndarray],
+    joint: np.ndarray,
+    noise_matrix: np.ndarray,
 ) -> dict[str, np.ndarray]:
     """The noise scores of the module docstring, (N,) float64 each; `averaged` the mean of the dynamics'
-    and the final probabilities, `joint` confident learning's Q on them."""
+    and the final probabilities, `joint` and `noise_matrix` confident learning's estimates on them."""
     rows = np.arange(len(labels))
     source = (averaged * source_weights(joint)[labels]).sum(axis=1)
     return {
@@ -62,6 +67,7 @@ def rankings(
         "dynamics_loss": dynamics["loss"].astype(np.float64),
         "held_out": -dynamics["held_out_probs"][rows, labels].astype(np.float64),
         "noise_source_margin": -(averaged[rows, labels] - source),
+        "noise_posterior": purification.wrong_posterior(labels, averaged, noise_matrix),
     }
 
 
@@ -87,7 +93,7 @@ def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
         "noise_rate": float(noisy.mean()),
         "flagged_fraction_estimated": float(estimated.sum() / len(given)),
     }
-    for name, score in rankings(given, averaged, dynamics, estimate.joint).items():
+    for name, score in rankings(given, averaged, dynamics, estimate.joint, estimate.noise_matrix).items():
         figures[name] = {"auroc": metrics.auroc(score, noisy)} | {
             f"f1_{kind}_counts": metrics.detection(purification.flag_top(score, given, counts), noisy)["f1"]
             for kind, counts in (("estimated", estimated), ("true", true_counts))
@@ -95,7 +101,14 @@ def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
     return figures
 
 
-RANKINGS = ("margin", "self_confidence", "dynamics_loss", "held_out", "noise_source_margin")
+RANKINGS = (
+    "margin",
+    "self_confidence",
+    "dynamics_loss",
+    "held_out",
+    "noise_source_margin",
+    "noise_posterior",
+)
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:

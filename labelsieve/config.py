@@ -227,6 +227,9 @@ class PurifyConfig:
     pred_probs: Literal["dynamics", "held_out"] = "dynamics"
     # Whose final prediction is the relabel target: the GRIP fine-tuned networks or the co-trained ones.
     relabel_from: Literal["group", "ssl"] = "ssl"
+    # τ: flag a sample whose label is wrong with at least this posterior probability (docs/purification.md);
+    # the same default as `labelsieve.maths.purification.WRONG_THRESHOLD`, the in-memory API's.
+    flag_threshold: float = bounded(0.4, 0.0, 1.0, lo_open=True, hi_open=True, doc="τ, a probability")
 
 
 @dataclass(frozen=True)

@@ -301,13 +301,16 @@ def test_purify_ceiling_rankings_by_hand() -> None:
     }
     joint = np.array([[0.4, 0.1, 0.0], [0.0, 0.3, 0.0], [0.1, 0.05, 0.05]])  # row 1: no off-diagonal mass
     averaged = (dynamics["probs"] + final) / 2  # [0.6, 0.3, 0.1] and [0.7, 0.2, 0.1]
-    scores = ceiling.rankings(labels, averaged, dynamics, joint)
+    noise_matrix = np.array([[0.8, 0.2, 0.0], [0.1, 0.7, 0.1], [0.1, 0.1, 0.9]])  # P(ỹ = i | y* = j)
+    scores = ceiling.rankings(labels, averaged, dynamics, joint, noise_matrix)
     np.testing.assert_allclose(scores["margin"], [-(0.6 - 0.3), -(0.2 - 0.7)])
     np.testing.assert_allclose(scores["self_confidence"], [-0.6, -0.2])
     np.testing.assert_allclose(scores["dynamics_loss"], [0.4, 1.9])
     np.testing.assert_allclose(scores["held_out"], [-0.9, -0.7])
     # row 0's source is class 1 alone; row 1 has none, so its sources weigh 1/2 each
     np.testing.assert_allclose(scores["noise_source_margin"], [-(0.6 - 0.3), -(0.2 - (0.7 + 0.1) / 2)])
+    # p_j · T[ỹ, j]: sample 0 [0.48, 0.06, 0] → 0.06 / 0.54; sample 1 [0.07, 0.14, 0.01] → 0.08 / 0.22
+    np.testing.assert_allclose(scores["noise_posterior"], [1 / 9, 4 / 11])
     assert set(scores) == set(ceiling.RANKINGS)
 
 

@@ -3,9 +3,10 @@
 The rule is `labelsieve.maths.purification` (docs/purification.md). Its probabilities are the average
 of two predictions of the co-trained networks: their final one, and their training dynamics from
 `ssl_train` (``dynamics.npz``: every co-divide's prediction averaged over the epochs and both networks).
-Confident learning on them estimates the noise matrix and each class's noise rate; in each given class
-that many samples with the lowest margin of the given label are flagged; a flagged sample is relabelled
-to the final networks' prediction when it is as confident as the class's kept members, else dropped.
+Confident learning on them estimates the noise matrix; with it, Bayes' rule gives each sample's
+probability that its given label is wrong, and a sample is flagged when that probability reaches
+`purify.flag_threshold`; a flagged sample is relabelled to the final networks' prediction when it is as
+confident as the class's kept members, else dropped.
 The final networks are `ssl_train`'s (`purify.relabel_from: ssl`, measured better) or GRIP's. Without SSL
 epochs (the `grip` preset) the final probabilities stand alone. GRIP's JS divergences, the last
 co-divide's clean probability and the training-dynamics margin are reported beside the decision.
@@ -102,11 +103,13 @@ def purify(
     given = labels.cpu().numpy()
     final_np = final.double().cpu().numpy()
     if dynamics is None:
-        result = purification.find_label_issues(given, final_np)
+        result = purification.find_label_issues(given, final_np, threshold=params.purify.flag_threshold)
     else:
         source = "held_out_probs" if params.purify.pred_probs == "held_out" else "probs"
         averaged = (dynamics[source].astype(np.float64) + final_np) / 2.0
-        result = purification.find_label_issues(given, averaged, final_probs=final_np)
+        result = purification.find_label_issues(
+            given, averaged, final_probs=final_np, threshold=params.purify.flag_threshold
+        )
         result.scores["dynamics_margin"] = dynamics["margin"].astype(np.float64)
     result.scores["js_given"] = js_given(final, soft_labels, labels)
     return result
