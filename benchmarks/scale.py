@@ -8,8 +8,8 @@ those inputs it times, `--repeats` times each (median reported):
   for each network: min-max normalisation, the seeded 2-component GMM fit (one per given class with
   `co_divide.per_class`, the default), the clean-probability posterior and the partition;
 - purify as `stages.purify` does it after the forward passes: `stages.purify.purify` (confident
-  learning's thresholds, confident joint and noise rates, the per-class flag counts and ranking, the
-  relabel gate, and the JS divergence to the averaged class soft labels S).
+  learning's thresholds, confident joint and noise matrix, the posterior that each label is wrong and the
+  flag at τ, the relabel gate, and the JS divergence to the averaged class soft labels S).
 The losses, the softmax and S (which `group_regularize` estimates) are inputs, not timed.
 
 Times are the process's CPU seconds (`time.process_time`), which a busy machine inflates far less than

@@ -88,8 +88,8 @@ def kept_confidence(final_probs: np.ndarray, labels: np.ndarray, kept: np.ndarra
     """(C,) the mean of p_j over the kept samples labelled j; 1 for a class with none (no relabel into it)."""
     num_classes = final_probs.shape[1]
     members = labels[kept]
-    own = np.take_along_axis(final_probs[kept], members[:, None], axis=1)[:, 0]
-    sums = np.bincount(members, weights=own, minlength=num_classes)
+    own = np.take_along_axis(final_probs, labels[:, None], axis=1)[:, 0]  # (N,): no (N, C) copy
+    sums = np.bincount(members, weights=own[kept], minlength=num_classes)
     counts = np.bincount(members, minlength=num_classes)
     return np.divide(sums, counts, out=np.ones(num_classes), where=counts > 0)
 

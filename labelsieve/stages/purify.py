@@ -106,11 +106,12 @@ def purify(
         result = purification.find_label_issues(given, final_np, threshold=params.purify.flag_threshold)
     else:
         source = "held_out_probs" if params.purify.pred_probs == "held_out" else "probs"
-        averaged = (dynamics[source].astype(np.float64) + final_np) / 2.0
+        averaged = dynamics[source].astype(np.float64) + final_np  # one (N, C) temporary, halved in place
+        averaged /= 2.0
         result = purification.find_label_issues(
             given, averaged, final_probs=final_np, threshold=params.purify.flag_threshold
         )
-        result.scores["dynamics_margin"] = dynamics["margin"].astype(np.float64)
+        result.scores["dynamics_margin"] = dynamics["margin"].astype(np.float64, copy=False)
     result.scores["js_given"] = js_given(final, soft_labels, labels)
     return result
 
