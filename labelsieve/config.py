@@ -245,6 +245,9 @@ class RetrainConfig:
     )
     init_from: Literal["scratch", "ssl"] = "scratch"  # ssl: fine-tune the first co-trained network
     package: Literal["single", "ensemble"] = "single"  # ensemble: + the co-trained networks, mean logits
+    flag_threshold: float | None = bounded(
+        None, 0.0, 1.0, lo_open=True, hi_open=True, doc="τ of the labels retrain learns; null: purify's"
+    )
     warmup_epochs: int = bounded(1, 0, 100_000, doc="CE epochs first (published 10 of 300)")
     mixup_alpha: float = bounded(1.0, 0.0, None, lo_open=True, doc="ordinary mixup until synthetic_start")
     synthetic_start: int = bounded(

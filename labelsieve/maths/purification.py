@@ -94,6 +94,33 @@ def kept_confidence(final_probs: np.ndarray, labels: np.ndarray, kept: np.ndarra
     return np.divide(sums, counts, out=np.ones(num_classes), where=counts > 0)
 
 
+def decide(
+    labels: np.ndarray, noise_score: np.ndarray, final_probs: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Steps 3 and 4 of the rule: flag at τ = `threshold`, then relabel or drop each flagged sample.
+
+    Args:
+        labels: (N,) given labels ỹ.
+        noise_score: (N,) P(y* ≠ ỹ | x, ỹ) (`wrong_posterior`).
+        final_probs: (N, C) the relabel target's probabilities.
+        threshold: τ in (0, 1).
+
+    Returns:
+        decision (N,) int8 KEEP / RELABEL / DROP, and the new labels (N,) int64 (-1 where dropped).
+    """
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
+    flagged = noise_score >= threshold
+    predicted = final_probs.argmax(axis=1)
+    confidence = np.take_along_axis(final_probs, predicted[:, None], axis=1)[:, 0]
+    typical = kept_confidence(final_probs, labels, ~flagged)
+    sure = confidence >= typical[predicted] - confident.THRESHOLD_SLACK
+    relabel = flagged & (predicted != labels) & sure
+    decision = np.where(flagged, np.where(relabel, RELABEL, DROP), KEEP).astype(np.int8)
+    new_labels = np.where(flagged, np.where(relabel, predicted, -1), labels).astype(np.int64)
+    return decision, new_labels
+
+
 def find_label_issues(
     labels: np.ndarray,
     pred_probs: np.ndarray,
@@ -120,17 +147,10 @@ def find_label_issues(
     final = np.asarray(pred_probs if final_probs is None else final_probs)
     if final.shape != pred_probs.shape:
         raise ValueError(f"final_probs must be {pred_probs.shape} like pred_probs, got {final.shape}")
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
     noise_score = wrong_posterior(labels, pred_probs, noise.noise_matrix)
-    flagged = noise_score >= threshold
+    decision, new_labels = decide(labels, noise_score, final, threshold)
     predicted = final.argmax(axis=1)
     confidence = np.take_along_axis(final, predicted[:, None], axis=1)[:, 0]
-    typical = kept_confidence(final, labels, ~flagged)
-    sure = confidence >= typical[predicted] - confident.THRESHOLD_SLACK
-    relabel = flagged & (predicted != labels) & sure
-    decision = np.where(flagged, np.where(relabel, RELABEL, DROP), KEEP).astype(np.int8)
-    new_labels = np.where(flagged, np.where(relabel, predicted, -1), labels).astype(np.int64)
     own = np.take_along_axis(np.asarray(pred_probs), labels[:, None], axis=1)[:, 0]
     scores = {
         "noise_score": noise_score,

@@ -19,6 +19,9 @@ clean probability zero, so they never dominate a synthetic sample; `ensemble` ke
 prediction as their target. `retrain.distill` = β mixes the ensemble into every kept target,
 t = (1 − β) onehot(label) + β p_ensemble: the single network learns from the ensemble it replaces
 (knowledge distillation). Otherwise (preset `sssl`) the noisy labels of `inject_noise` are used as given.
+`retrain.flag_threshold` τ_r, when set, re-decides the samples at that τ from purify's ``scores.npz``
+(`noise_score`) by purify's own rule (`purification.decide`), so the model can learn from a looser or
+stricter cut than the dataset handed back.
 
 Start: `retrain.init_from: ssl` starts the network from the first co-trained network of ``<ssl_dir>``
 (fine-tuning it on the purified targets); `scratch` from a fresh initialisation.
@@ -51,13 +54,13 @@ from labelsieve.engine.device import autocast, resolve_device
 from labelsieve.engine.resident import TrainingData
 from labelsieve.engine.stream import prefetch
 from labelsieve.errors import LabelsieveError
-from labelsieve.maths import division, mixmatch, neighbours
+from labelsieve.maths import division, mixmatch, neighbours, purification
+from labelsieve.maths.purification import DROP, KEEP, RELABEL
 from labelsieve.models import Classifier
 from labelsieve.package import save_package
 from labelsieve.progress import progress
 from labelsieve.seeding import numpy_rng
 
-KEEP, RELABEL, DROP = 0, 1, 2  # train_decision codes of the purify stage
 Phase = Literal["ce", "mixup", "synthetic"]
 # Distances held at once by the dataset-wide kNN (64 MB in float32): the query chunk is sized from N so the
 # search stays O(N) in memory at web scale.
@@ -149,8 +152,43 @@ def read_labels(params: Params, data: TrainingData, purified_dir: str | Path | N
             problems.append(f"only {used.size} sample(s) are kept; retrain needs at least 2")
     if problems:
         raise LabelsieveError(f"{path} does not fit the training set of {n} samples: " + "; ".join(problems))
+    if params.retrain.flag_threshold is not None:
+        given = data.train_labels.cpu().numpy()
+        labels, decision = redecide(Path(purified_dir), given, probs, params.retrain.flag_threshold)
     used_probs = probs.astype(np.float32) if probs is not None and wants_probs else None
     return TrainingLabels(labels.astype(np.int64), decision.astype(np.int8), "purified", used_probs)
+
+
+def redecide(
+    purified_dir: Path, given: np.ndarray, probs: np.ndarray | None, threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Purify's rule again at retrain's own τ (`retrain.flag_threshold`): the same `purification.decide`
+    on purify's scores (``scores.npz`` `noise_score`) and the ensemble's probabilities (`train_probs`).
+
+    Raises:
+        LabelsieveError: either input is missing, unreadable or of the wrong shape.
+    """
+    path = purified_dir / "scores.npz"
+    fix = "set retrain.flag_threshold: null to train on purify's own decisions"
+    if probs is None:
+        raise LabelsieveError(
+            f"{purified_dir / 'labels.npz'} has no train_probs, which retrain.flag_threshold needs; {fix}"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            score = arrays["noise_score"]
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
+        raise LabelsieveError(
+            f"{path} has no readable noise_score ({err}), which retrain.flag_threshold needs; {fix}"
+        ) from err
+    if score.shape != given.shape or not np.isfinite(score).all():
+        raise LabelsieveError(
+            f"{path}: noise_score must be finite of shape {given.shape}, got {score.shape}; {fix}"
+        )
+    decision, labels = purification.decide(
+        given, score.astype(np.float64), probs.astype(np.float64), threshold
+    )
+    return labels, decision
 
 
 def initial_state(

@@ -107,6 +107,35 @@ def test_retrain_purified_unlabeled_keeps_dropped_with_zero_weight(data_dirs, pu
     assert np.mean(predicted == 0) < 0.05  # seen as images, never as a labelled target
 
 
+def test_redecide_applies_purifys_rule_at_retrains_own_threshold(tmp_path):
+    # The hand case of tests/maths/test_purification.py: noise scores 2/29, 8/11, 1/13, 9/37, 3/4.
+    given = np.array([0, 0, 1, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.3, 0.7], [0.8, 0.2]], dtype=np.float32)
+    np.savez(tmp_path / "scores.npz", noise_score=np.array([2 / 29, 8 / 11, 1 / 13, 9 / 37, 3 / 4]))
+    labels, decision = retrain.redecide(tmp_path, given, probs, 0.4)  # purify's default: its decisions
+    assert decision.tolist() == [retrain.KEEP, retrain.RELABEL, retrain.KEEP, retrain.KEEP, retrain.DROP]
+    assert labels.tolist() == [0, 1, 1, 1, -1]
+    # τ = 0.75 flags sample 4 alone; class 0's kept members are now samples 0 and 1, mean p_0 =
+    # (0.9 + 0.2) / 2 = 0.55, so sample 4's 0.8 for class 0 is sure enough: relabelled, not dropped.
+    labels, decision = retrain.redecide(tmp_path, given, probs, 0.75)
+    assert decision.tolist() == [retrain.KEEP] * 4 + [retrain.RELABEL]
+    assert labels.tolist() == [0, 0, 1, 1, 0]
+    assert retrain.redecide(tmp_path, given, probs, 0.8)[1].tolist() == [retrain.KEEP] * 5
+
+
+def test_redecide_without_scores_or_probs_names_the_file_and_the_fix(tmp_path):
+    given, probs = np.array([0, 1]), np.full((2, 2), 0.5)
+    with pytest.raises(
+        LabelsieveError, match=r"scores\.npz has no readable noise_score.*flag_threshold: null"
+    ):
+        retrain.redecide(tmp_path, given, probs, 0.5)
+    np.savez(tmp_path / "scores.npz", noise_score=np.array([0.1, np.nan]))
+    with pytest.raises(LabelsieveError, match=r"noise_score must be finite of shape \(2,\)"):
+        retrain.redecide(tmp_path, given, probs, 0.5)
+    with pytest.raises(LabelsieveError, match=r"labels\.npz has no train_probs"):
+        retrain.redecide(tmp_path, given, None, 0.5)
+
+
 def test_weighted_soft_ce_zero_weight_rows_add_nothing_and_ones_match_soft_ce():
     logits = torch.randn(6, 4, requires_grad=True)
     targets = torch.softmax(torch.randn(6, 4), dim=1)
