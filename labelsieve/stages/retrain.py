@@ -154,7 +154,7 @@ def read_labels(params: Params, data: TrainingData, purified_dir: str | Path | N
         raise LabelsieveError(f"{path} does not fit the training set of {n} samples: " + "; ".join(problems))
     if params.retrain.flag_threshold is not None:
         given = data.train_labels.cpu().numpy()
-        labels, decision = redecide(Path(purified_dir), given, probs, params.retrain.flag_threshold)
+        decision, labels = redecide(Path(purified_dir), given, probs, params.retrain.flag_threshold)
     used_probs = probs.astype(np.float32) if probs is not None and wants_probs else None
     return TrainingLabels(labels.astype(np.int64), decision.astype(np.int8), "purified", used_probs)
 
@@ -162,8 +162,9 @@ def read_labels(params: Params, data: TrainingData, purified_dir: str | Path | N
 def redecide(
     purified_dir: Path, given: np.ndarray, probs: np.ndarray | None, threshold: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Purify's rule again at retrain's own τ (`retrain.flag_threshold`): the same `purification.decide`
-    on purify's scores (``scores.npz`` `noise_score`) and the ensemble's probabilities (`train_probs`).
+    """(decision, new labels) by purify's rule again at retrain's own τ (`retrain.flag_threshold`): the
+    same `purification.decide` on purify's scores (``scores.npz`` `noise_score`) and the ensemble's
+    probabilities (`train_probs`).
 
     Raises:
         LabelsieveError: either input is missing, unreadable or of the wrong shape.
@@ -185,10 +186,7 @@ def redecide(
         raise LabelsieveError(
             f"{path}: noise_score must be finite of shape {given.shape}, got {score.shape}; {fix}"
         )
-    decision, labels = purification.decide(
-        given, score.astype(np.float64), probs.astype(np.float64), threshold
-    )
-    return labels, decision
+    return purification.decide(given, score.astype(np.float64), probs.astype(np.float64), threshold)
 
 
 def initial_state(

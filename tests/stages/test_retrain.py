@@ -112,15 +112,15 @@ def test_redecide_applies_purifys_rule_at_retrains_own_threshold(tmp_path):
     given = np.array([0, 0, 1, 1, 1])
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.3, 0.7], [0.8, 0.2]], dtype=np.float32)
     np.savez(tmp_path / "scores.npz", noise_score=np.array([2 / 29, 8 / 11, 1 / 13, 9 / 37, 3 / 4]))
-    labels, decision = retrain.redecide(tmp_path, given, probs, 0.4)  # purify's default: its decisions
+    decision, labels = retrain.redecide(tmp_path, given, probs, 0.4)  # purify's default: its decisions
     assert decision.tolist() == [retrain.KEEP, retrain.RELABEL, retrain.KEEP, retrain.KEEP, retrain.DROP]
     assert labels.tolist() == [0, 1, 1, 1, -1]
     # τ = 0.75 flags sample 4 alone; class 0's kept members are now samples 0 and 1, mean p_0 =
     # (0.9 + 0.2) / 2 = 0.55, so sample 4's 0.8 for class 0 is sure enough: relabelled, not dropped.
-    labels, decision = retrain.redecide(tmp_path, given, probs, 0.75)
+    decision, labels = retrain.redecide(tmp_path, given, probs, 0.75)
     assert decision.tolist() == [retrain.KEEP] * 4 + [retrain.RELABEL]
     assert labels.tolist() == [0, 0, 1, 1, 0]
-    assert retrain.redecide(tmp_path, given, probs, 0.8)[1].tolist() == [retrain.KEEP] * 5
+    assert retrain.redecide(tmp_path, given, probs, 0.8)[0].tolist() == [retrain.KEEP] * 5
 
 
 def test_redecide_without_scores_or_probs_names_the_file_and_the_fix(tmp_path):
