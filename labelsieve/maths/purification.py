@@ -26,6 +26,7 @@ tuning slice (docs/purification.md); the other thresholds come from the data.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -45,6 +46,15 @@ class Purification:
     new_labels: np.ndarray  # (N,) int64: ỹ if kept, ŷ if relabelled, -1 if dropped
     scores: dict[str, np.ndarray]  # (N,) each; see `find_label_issues`
     noise: confident.NoiseEstimate
+
+
+class Decisions(NamedTuple):
+    """`decide`'s output: the decisions and the relabel target's top class behind them."""
+
+    decision: np.ndarray  # (N,) int8: KEEP, RELABEL or DROP
+    new_labels: np.ndarray  # (N,) int64: ỹ if kept, ŷ if relabelled, -1 if dropped
+    predicted: np.ndarray  # (N,) int64: ŷ = argmax of the relabel target's probabilities
+    confidence: np.ndarray  # (N,) float64: p_ŷ
 
 
 def margins(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
@@ -96,7 +106,7 @@ def kept_confidence(final_probs: np.ndarray, labels: np.ndarray, kept: np.ndarra
 
 def decide(
     labels: np.ndarray, noise_score: np.ndarray, final_probs: np.ndarray, threshold: float
-) -> tuple[np.ndarray, np.ndarray]:
+) -> Decisions:
     """Steps 3 and 4 of the rule: flag at τ = `threshold`, then relabel or drop each flagged sample.
 
     Args:
@@ -106,7 +116,7 @@ def decide(
         threshold: τ in (0, 1).
 
     Returns:
-        decision (N,) int8 KEEP / RELABEL / DROP, and the new labels (N,) int64 (-1 where dropped).
+        `Decisions`: the decision per sample, the new labels (-1 where dropped), ŷ and p_ŷ.
     """
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
@@ -118,7 +128,7 @@ def decide(
     relabel = flagged & (predicted != labels) & sure
     decision = np.where(flagged, np.where(relabel, RELABEL, DROP), KEEP).astype(np.int8)
     new_labels = np.where(flagged, np.where(relabel, predicted, -1), labels).astype(np.int64)
-    return decision, new_labels
+    return Decisions(decision, new_labels, predicted.astype(np.int64), confidence.astype(np.float64))
 
 
 def find_label_issues(
@@ -148,14 +158,12 @@ def find_label_issues(
     if final.shape != pred_probs.shape:
         raise ValueError(f"final_probs must be {pred_probs.shape} like pred_probs, got {final.shape}")
     noise_score = wrong_posterior(labels, pred_probs, noise.noise_matrix)
-    decision, new_labels = decide(labels, noise_score, final, threshold)
-    predicted = final.argmax(axis=1)
-    confidence = np.take_along_axis(final, predicted[:, None], axis=1)[:, 0]
+    decided = decide(labels, noise_score, final, threshold)
     own = np.take_along_axis(np.asarray(pred_probs), labels[:, None], axis=1)[:, 0]
     scores = {
         "noise_score": noise_score,
         "self_confidence": own.astype(np.float64),
-        "predicted": predicted.astype(np.int64),
-        "confidence": confidence.astype(np.float64),
+        "predicted": decided.predicted,
+        "confidence": decided.confidence,
     }
-    return Purification(decision=decision, new_labels=new_labels, scores=scores, noise=noise)
+    return Purification(decided.decision, decided.new_labels, scores, noise)

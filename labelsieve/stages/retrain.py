@@ -186,7 +186,8 @@ def redecide(
         raise LabelsieveError(
             f"{path}: noise_score must be finite of shape {given.shape}, got {score.shape}; {fix}"
         )
-    return purification.decide(given, score.astype(np.float64), probs.astype(np.float64), threshold)
+    decided = purification.decide(given, score.astype(np.float64), probs.astype(np.float64), threshold)
+    return decided.decision, decided.new_labels
 
 
 def initial_state(
