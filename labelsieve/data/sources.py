@@ -214,9 +214,11 @@ def _class_folders(root: Path, split: str | None) -> tuple[list[str], list[Candi
                         str(link), label, split, None, (reason, f"linked folder to {os.path.realpath(link)}")
                     )
                 )
+            folder = Path(dirpath)
+            folder_inside = _inside(folder, root)  # resolved once per folder, not once per file
             for name in sorted(filenames):
-                path = Path(dirpath) / name
-                if not _inside(path, root):
+                path = folder / name
+                if not (folder_inside and not path.is_symlink()) and not _inside(path, root):
                     target = os.path.realpath(path)
                     candidates.append(
                         Candidate(

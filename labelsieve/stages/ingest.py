@@ -78,7 +78,9 @@ def run(params: Params, *, out_dir: str | Path) -> dict[str, Any]:
         hashes: list[str | None] = [None] * n
         workers = cfg.workers or os.cpu_count() or 1
         decode = functools.partial(
-            _decode,
+            _decode_into,
+            work=work,
+            candidates=candidates,
             class_index=class_index,
             size=data.image_size,
             channels=data.channels,
@@ -88,15 +90,11 @@ def run(params: Params, *, out_dir: str | Path) -> dict[str, Any]:
             starts = range(0, n, CHUNK)
             try:
                 for start in progress(starts, total=len(starts), desc="ingest", mode=params.runtime.progress):
-                    chunk = candidates[start : start + CHUNK]
-                    decoded = pool.map(decode, chunk)
-                    for offset, (pixels, reason, detail) in enumerate(decoded):
-                        i = start + offset
-                        if pixels is None:
+                    rows = range(start, min(start + CHUNK, n))
+                    for i, (sha, reason, detail) in zip(rows, pool.map(decode, rows), strict=True):
+                        if sha is None:
                             skipped.append(_skip_entry(candidates[i], reason, detail))
-                            continue
-                        work[i] = pixels
-                        hashes[i] = hashlib.sha256(pixels.tobytes()).hexdigest()
+                        hashes[i] = sha
             except BaseException:  # a storage outage: do not wait for the queued reads to time out too
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
@@ -203,6 +201,18 @@ def run(params: Params, *, out_dir: str | Path) -> dict[str, Any]:
         "dropped_classes": [d["class"] for d in dropped],
         **({"new_classes": new_classes} if base is not None else {}),
     }
+
+
+def _decode_into(
+    i: int, *, work: np.ndarray, candidates: list[sources.Candidate], **decode: Any
+) -> tuple[str | None, str, str]:
+    """Decode candidate `i` into row `i` of `work`, in a pool thread (so the copy and the hash run in
+    parallel too): (sha256 of the stored pixels, "", "") or (None, reason, detail)."""
+    pixels, reason, detail = _decode(candidates[i], **decode)
+    if pixels is None:
+        return None, reason, detail
+    work[i] = pixels
+    return hashlib.sha256(pixels.tobytes()).hexdigest(), "", ""
 
 
 def _decode(

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from labelsieve.config import IngestConfig
 from labelsieve.data import idx, images, sources
 from labelsieve.data.store import load_dataset
 from labelsieve.predict import list_inputs
@@ -112,6 +113,36 @@ def test_ingest_bad_input_corpus_reports_every_skip(tmp_path, make_params, image
     ]
     assert summary["train"] + summary["val"] + summary["test"] == 8 + 3  # cmyk, palette, 16-bit kept
     assert report["candidates"] == 8 + 3 + 10
+
+
+def test_folder_listing_follows_links_only_inside_the_root(tmp_path, image_folder):
+    """A linked class folder or file is judged by where it leads: outside the root it is rejected."""
+    root = image_folder({"good": 2})
+    outside = image_folder({"elsewhere": 2}, name="outside") / "elsewhere"
+    (root / "linked_class").symlink_to(outside, target_is_directory=True)
+    (root / "good" / "inner_link.png").symlink_to(root / "good" / "000.png")
+    (root / "good" / "outer_link.png").symlink_to(outside / "000.png")
+
+    listing = sources.open_source(IngestConfig(source=str(root)))
+    rejected = {Path(c.source).relative_to(root).as_posix(): c.rejected for c in listing.candidates}
+    assert listing.classes == ["good", "linked_class"]
+    assert rejected == {
+        "good/000.png": None,
+        "good/001.png": None,
+        "good/inner_link.png": None,
+        "good/outer_link.png": (
+            sources.PATH_ESCAPES_ROOT,
+            f"links outside the root to {outside / '000.png'}",
+        ),
+        "linked_class/000.png": (
+            sources.PATH_ESCAPES_ROOT,
+            f"links outside the root to {outside / '000.png'}",
+        ),
+        "linked_class/001.png": (
+            sources.PATH_ESCAPES_ROOT,
+            f"links outside the root to {outside / '001.png'}",
+        ),
+    }
 
 
 def test_ingest_manifest_csv_with_test_split_escapes_and_leakage(tmp_path, make_params):
