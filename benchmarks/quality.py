@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks import cleanlab_peer  # noqa: E402
 from benchmarks.environment import cpu_model, peak_rss_mib  # noqa: E402
 from labelsieve.atomic import write_json, write_text  # noqa: E402
-from labelsieve.config import Params, load_params  # noqa: E402
+from labelsieve.config import Params, WarmupConfig, load_params  # noqa: E402
 from labelsieve.engine import loop  # noqa: E402
 from labelsieve.engine.device import apply_threads, resolve_device  # noqa: E402
 from labelsieve.engine.resident import TrainingData  # noqa: E402
@@ -87,11 +87,14 @@ def params_key(params: Params) -> str:
     """A short hash of the params a run reads (a saved run with another key is stale).
 
     A run without SSL epochs reads only `ssl_train.batch_size` of its section (co-divide's guard), so
-    the runs of `ce`, `clean`, `grip` and `sssl` keep their key when the co-training params change.
+    the runs of `ce`, `clean`, `grip` and `sssl` keep their key when the co-training params change. Only
+    a mixup warm-up reads `warmup.alpha`; other runs key it at its built-in default.
     """
     resolved = params.to_dict()
     if params.ssl_train.epochs == 0:
         resolved["ssl_train"] = {k: resolved["ssl_train"][k] for k in ("epochs", "batch_size")}
+    if params.warmup.loss != "mixup" or params.warmup.epochs == 0:
+        resolved["warmup"]["alpha"] = WarmupConfig().alpha
     text = json.dumps(resolved, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -10,7 +10,9 @@ are the published values), with these configurations (``--configs``):
   ``ssl_train.batch_size: 32`` is overridden by 16, so the baseline is the default being judged);
 - ``alpha4``, ``lambda_u25``, ``batch64``, ``global_gmm``: the baseline with one factor at its published
   value (α 4, λ_u 25, B 64, `co_divide.per_class` false);
-- ``published``: all four at their published values.
+- ``published``: all four at their published values;
+- ``warmup_alpha05``: the baseline with SMR's mixup warm-up at α 0.5, the published web-scale value, in
+  place of `params.yaml`'s CIFAR-scale 4.
 
 Stages whose declared params (`Stage.params`) and inputs are equal between configurations run once per
 noise setting and seed (ingest, inject_noise and warmup always; co_divide for configurations that share
@@ -75,6 +77,7 @@ CONFIGS = {
     "baseline": [],
     **{name: [override] for name, override in PUBLISHED.items()},
     "published": list(PUBLISHED.values()),
+    "warmup_alpha05": ["warmup.alpha=0.5"],  # SMR's web-scale warm-up α (params.yaml: CIFAR's 4)
 }
 SWAPS = "{'1': '7', '7': '1', '3': '8', '8': '3', '5': '6', '6': '5', '4': '9', '9': '4'}"
 NOISE = {
@@ -87,6 +90,7 @@ NOISE = {
     ],
     "inst40": ["inject_noise.mode=instance"],
     "sym60": ["inject_noise.rate=0.6"],
+    "sym80": ["inject_noise.rate=0.8"],
 }
 SSL_STAGES = ("ingest", "inject_noise", "warmup", "co_divide", "ssl_train")
 FULL_STAGES = (*SSL_STAGES, "group_regularize", "purify", "retrain")

@@ -135,6 +135,10 @@ def test_quality_key_covers_only_what_a_run_reads() -> None:
     for method in ("dividemix", "smr", "labelsieve"):
         assert key(method) != key(method, "ssl_train.lambda_u=7")
     assert key("ce") != key("ce", "model.lr=0.09")
+    for method in ("ce", "clean", "grip", "sssl", "dividemix", "cleanlab"):  # no mixup warm-up
+        assert key(method) == key(method, "warmup.alpha=2")
+    for method in ("smr", "labelsieve"):
+        assert key(method) != key(method, "warmup.alpha=2")
 
 
 def test_quality_ce_epoch_is_the_runs_own_plain_ce_epoch(tmp_path: Path) -> None:
