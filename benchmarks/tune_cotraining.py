@@ -1,4 +1,4 @@
-"""Re-choose four co-training defaults on digits, one factor at a time, means over seeds.
+"""Re-choose the co-training defaults on digits, one factor at a time, means over seeds.
 
 `ssl_train.alpha` 0.5, `ssl_train.lambda_u` 0, `ssl_train.batch_size` 16 and `co_divide.per_class` true were
 chosen on Fashion-MNIST sym50 *test* accuracy with one seed. This benchmark re-chooses them on other data, as
@@ -39,6 +39,9 @@ benchmarks/results/tune_cotraining.{json,md} hold 10 seeds × 4 settings × 6 co
     nice -n 10 uv run python benchmarks/tune_cotraining.py --seeds $S --noise inst40 sym60 --full \
         --out /tmp/tune/b.json
     wait; uv run python benchmarks/tune_cotraining.py --merge /tmp/tune/a.json /tmp/tune/b.json
+
+benchmarks/results/tune_warmup_alpha.{json,md} hold ``baseline`` against ``warmup_alpha05`` at five settings
+(``sym80`` added) × 10 seeds, run the same way (the README's Params section has the commands).
 """
 
 from __future__ import annotations
