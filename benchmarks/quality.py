@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -84,19 +85,31 @@ def method_params(base: Path, method: str, noise: str, overrides: list[str]) -> 
 
 
 def params_key(params: Params) -> str:
-    """A short hash of the params a run reads (a saved run with another key is stale).
+    """A short hash of the params a run reads (a saved run with another key is stale)."""
+    text = json.dumps(params_read(params.to_dict()), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def params_read(resolved: dict[str, Any]) -> dict[str, Any]:
+    """The part of a resolved params dict (`Params.to_dict`) that a run's figures depend on.
 
     A run without SSL epochs reads only `ssl_train.batch_size` of its section (co-divide's guard), so
-    the runs of `ce`, `clean`, `grip` and `sssl` keep their key when the co-training params change. Only
-    a mixup warm-up reads `warmup.alpha`; other runs key it at its built-in default.
+    the runs of `ce`, `clean`, `grip` and `sssl` keep their key when the co-training params change. A
+    stage with no epoch passes its input through, so only its `epochs` counts, and `retrain.flag_threshold`
+    counts only when retrain trains on purified labels. Only a mixup warm-up reads `warmup.alpha`; other
+    runs count it at its built-in default.
     """
-    resolved = params.to_dict()
-    if params.ssl_train.epochs == 0:
-        resolved["ssl_train"] = {k: resolved["ssl_train"][k] for k in ("epochs", "batch_size")}
-    if params.warmup.loss != "mixup" or params.warmup.epochs == 0:
-        resolved["warmup"]["alpha"] = WarmupConfig().alpha
-    text = json.dumps(resolved, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    read = copy.deepcopy(resolved)
+    if read["ssl_train"]["epochs"] == 0:
+        read["ssl_train"] = {k: read["ssl_train"][k] for k in ("epochs", "batch_size")}
+    for section in ("group_regularize", "retrain"):
+        if read[section]["epochs"] == 0:
+            read[section] = {"epochs": 0}
+    if not read["retrain"].get("use_purified", True):  # retrain's own τ re-decides purified labels only
+        read["retrain"].pop("flag_threshold", None)
+    if read["warmup"]["loss"] != "mixup" or read["warmup"]["epochs"] == 0:
+        read["warmup"]["alpha"] = WarmupConfig().alpha
+    return read
 
 
 def run_one(params: Params, dataset: Path, run_dir: Path) -> dict[str, Any]:

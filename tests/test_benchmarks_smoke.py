@@ -139,6 +139,13 @@ def test_quality_key_covers_only_what_a_run_reads() -> None:
         assert key(method) == key(method, "warmup.alpha=2")
     for method in ("smr", "labelsieve"):
         assert key(method) != key(method, "warmup.alpha=2")
+    for method in ("ce", "clean", "dividemix", "smr", "cleanlab"):  # no GRIP or retrain epoch
+        assert key(method) == key(method, "group_regularize.lr=0.2", "retrain.flag_threshold=0.45")
+    assert key("grip") != key("grip", "group_regularize.lr=0.2")
+    assert key("grip") == key("grip", "retrain.flag_threshold=0.45")
+    assert key("sssl") != key("sssl", "retrain.mixup_alpha=2")
+    assert key("sssl") == key("sssl", "retrain.flag_threshold=0.45")  # trains on the noisy labels
+    assert key("labelsieve") != key("labelsieve", "retrain.flag_threshold=0.45")
 
 
 def test_quality_ce_epoch_is_the_runs_own_plain_ce_epoch(tmp_path: Path) -> None:
