@@ -181,11 +181,15 @@ def ce_epoch_seconds(params: Params, run_dir: Path) -> float | None:
     return statistics.median(times) if times else None
 
 
-def _same_run(out: Path, key: str) -> dict[str, Any] | None:
-    """A saved run (another noise setting or method) with exactly these resolved params, if any."""
+def _same_run(out: Path, method: str, key: str) -> dict[str, Any] | None:
+    """A saved run (another noise setting or method) with exactly these resolved params, if any.
+
+    `cleanlab` resolves to the `ce` params but runs its own procedure, so it pairs only with itself.
+    """
     for path in sorted(out.glob("*.json")):
         saved = json.loads(path.read_text())
-        if saved.get("params_key") == key:
+        same_procedure = (saved.get("method") == "cleanlab") == (method == "cleanlab")
+        if same_procedure and saved.get("params_key") == key:
             return saved
     return None
 
@@ -337,7 +341,7 @@ def main() -> None:
             saved = json.loads(path.read_text()) if path.is_file() else None
             if saved and saved.get("params_key") == key and not args.fresh:
                 continue
-            twin = _same_run(out, key) if not args.fresh else None
+            twin = _same_run(out, method, key) if not args.fresh else None
             if twin is not None:  # e.g. `clean` ignores the noise setting: one run serves them all
                 source = twin.get("same_run_as", f"{twin['noise']}-{twin['method']}")
                 write_json(

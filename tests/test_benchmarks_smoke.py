@@ -148,6 +148,16 @@ def test_quality_key_covers_only_what_a_run_reads() -> None:
     assert key("labelsieve") != key("labelsieve", "retrain.flag_threshold=0.45")
 
 
+def test_quality_reuses_a_run_only_of_the_same_procedure(tmp_path: Path) -> None:
+    quality = _benchmark_module("quality")
+    for name, method, key in [("inst40-cleanlab", "cleanlab", "k1"), ("sym50-smr", "smr", "k2")]:
+        (tmp_path / f"{name}.json").write_text(json.dumps({"method": method, "params_key": key}))
+    assert quality._same_run(tmp_path, "ce", "k1") is None  # cleanlab resolves to ce's params
+    assert quality._same_run(tmp_path, "cleanlab", "k1")["method"] == "cleanlab"
+    assert quality._same_run(tmp_path, "labelsieve", "k2")["method"] == "smr"
+    assert quality._same_run(tmp_path, "cleanlab", "k2") is None
+
+
 def test_quality_ce_epoch_is_the_runs_own_plain_ce_epoch(tmp_path: Path) -> None:
     quality = _benchmark_module("quality")
     base = BENCHMARKS.parent / "params.yaml"
