@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -71,21 +71,36 @@ def rankings(
     }
 
 
-def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
-    """Every ranking's AUROC and F1 (estimated and true counts) on one finished run."""
+class KeptRun(NamedTuple):
+    """A finished run's labels and the co-trained networks' probabilities, as `purify` computes them."""
+
+    given: np.ndarray  # (N,) the noisy labels
+    truth: np.ndarray  # (N,) the true labels
+    final: np.ndarray  # (N, C) float64, the final networks' mean softmax
+    averaged: np.ndarray  # (N, C) float64, its mean with the training dynamics (`purify`'s pred_probs)
+    dynamics: dict[str, np.ndarray]  # `ssl_train.read_dynamics`
+
+
+def load_run(run: Path, dataset: Path, params_file: Path) -> KeptRun:
+    """Redo the final networks' prediction pass of a kept `quality.py --work` run (one thread)."""
     params = load_params(params_file, overrides=["runtime.threads=1"])
     device = torch.device("cpu")
     data = TrainingData.load(dataset, run / "labels", device, "resident")
     if data.train_true_labels is None:
         raise SystemExit(f"{run}: the truth is unknown (not a benchmark run)")
-    given = data.train_labels.numpy()
-    noisy = given != data.train_true_labels.numpy()
     final = purify.final_probs(loop.load_networks(run / "ssl", params, data, device), data, params)
     final = final.double().numpy()
     dynamics = ssl_train.read_dynamics(run / "ssl")
     if dynamics is None:
         raise SystemExit(f"{run / 'ssl'} holds no dynamics.npz")
     averaged = (dynamics["probs"].astype(np.float64) + final) / 2.0
+    return KeptRun(data.train_labels.numpy(), data.train_true_labels.numpy(), final, averaged, dynamics)
+
+
+def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
+    """Every ranking's AUROC and F1 (estimated and true counts) on one finished run."""
+    given, truth, final, averaged, dynamics = load_run(run, dataset, params_file)
+    noisy = given != truth
     estimate = confident.estimate(given, averaged)
     estimated = estimate.flag_counts()
     true_counts = np.bincount(given[noisy], minlength=final.shape[1])

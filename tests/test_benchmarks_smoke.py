@@ -335,6 +335,35 @@ def test_purify_ceiling_rankings_by_hand() -> None:
     assert set(scores) == set(ceiling.RANKINGS)
 
 
+def test_relabel_gates_by_hand() -> None:
+    gate = _benchmark_module("relabel_gate")
+    # The hand case of tests/maths/test_purification.py: T = [[1/2, 1/3], [1/2, 2/3]], P(wrong) =
+    # 2/29, 8/11, 1/13, 9/37, 3/4; τ = 0.4 flags samples 1 and 4.
+    labels = np.array([0, 0, 1, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.3, 0.7], [0.8, 0.2]])
+    noise_matrix = np.array([[1 / 2, 1 / 3], [1 / 2, 2 / 3]])
+    post = gate.true_class_posterior(labels, probs, noise_matrix)
+    np.testing.assert_allclose(post[[1, 4]], [[3 / 11, 8 / 11], [3 / 4, 1 / 4]])
+    # The final model is unsure of sample 4 (0.56 against the kept sample 0's 0.9 for class 0): the
+    # typical gate drops it; by the posterior of the averaged probabilities its class 0 is right with
+    # probability 3/4 > 1 − τ, so that gate relabels it; by the final probabilities' posterior
+    # (0.28 / (0.28 + 0.44 · 2/3) = 21/43 < 0.6) it is dropped.
+    final = probs.copy()
+    final[4] = [0.56, 0.44]
+    new = gate.gate_labels(labels, probs, final, 0.4)
+    assert new["typical"].tolist() == [0, 1, 1, 1, -1]
+    assert new["posterior"].tolist() == [0, 1, 1, 1, 0]
+    assert new["posterior_final"].tolist() == [0, 1, 1, 1, -1]
+    truth = np.array([0, 1, 1, 0, 1])  # sample 3 is noisy and kept; sample 4's relabel to 0 is wrong
+    assert gate.figures(new["posterior"], labels, truth) == {
+        "relabelled": 2,
+        "relabel_accuracy": 0.5,
+        "correct_relabels": 1,
+        "noise_left": 0.4,
+        "labelled_fraction": 1.0,
+    }
+
+
 def test_division_probe_variant_syntax() -> None:
     probe = _benchmark_module("division_probe")
     assert probe.parse_variant("base") == ("base", [])

@@ -1,0 +1,134 @@
+"""Relabel or drop a flagged sample: the relabel gate, measured on kept runs with known truth.
+
+`purify` flags a sample when its label is wrong with posterior probability at least τ
+(docs/purification.md). The flags, and so F1 and AUROC, are fixed here; only the second decision varies:
+relabel a flagged sample or drop it. Gates (ŷ is the relabel target):
+
+- ``typical`` (the rule): ŷ = argmax of the final networks' probabilities, relabelled when ŷ ≠ ỹ and
+  p_ŷ ≥ the mean p_ŷ over the kept samples labelled ŷ (`purification.decide`);
+- ``posterior``: ŷ = argmax_j P(y* = j | x, ỹ), the posterior `purify` scores with (the averaged
+  probabilities and confident learning's noise matrix), relabelled when P(y* = ŷ | x, ỹ) > 1 − τ: every
+  label the dataset keeps or gives is then wrong with probability below τ;
+- ``posterior_final``: the same with the final networks' probabilities in the posterior.
+
+Per run and τ (0.4, purify's default; 0.5, retrain's): relabels, their accuracy, the number of correct
+relabels, the label error left among kept and relabelled samples, and the fraction of samples that keep
+a label. Nothing is retrained; the final networks' prediction pass is redone (`purify_ceiling.load_run`).
+Run it on the Fashion-MNIST tuning slice (`benchmarks/tuning_slice.py`) or on digits, never on the
+benchmark's own runs when a rule is being chosen:
+
+    uv run python benchmarks/relabel_gate.py WORK... --out benchmarks/results/relabel_gate.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labelsieve.atomic import write_json, write_text
+from labelsieve.maths import confident, purification
+
+GATES = ("typical", "posterior", "posterior_final")
+THRESHOLDS = (0.4, 0.5)
+
+
+def _purify_ceiling() -> Any:
+    """benchmarks/purify_ceiling.py, whose `load_run` redoes a kept run's prediction pass."""
+    spec = importlib.util.spec_from_file_location(
+        "purify_ceiling", Path(__file__).with_name("purify_ceiling.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["purify_ceiling"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def true_class_posterior(labels: np.ndarray, probs: np.ndarray, noise_matrix: np.ndarray) -> np.ndarray:
+    """(N, C) P(y* = j | x, ỹ) ∝ p_j T[ỹ, j], T[i, j] = P(ỹ = i | y* = j); a row with no mass keeps ỹ."""
+    joint = probs * noise_matrix[labels]
+    total = joint.sum(axis=1, keepdims=True)
+    own = np.eye(probs.shape[1])[labels]
+    return np.where(total > 0, joint / np.where(total > 0, total, 1.0), own)
+
+
+def gate_labels(
+    labels: np.ndarray, averaged: np.ndarray, final: np.ndarray, threshold: float
+) -> dict[str, np.ndarray]:
+    """The new labels (-1 where dropped) under each gate, the flags fixed by the rule's score at τ."""
+    noise_matrix = confident.estimate(labels, averaged).noise_matrix
+    score = purification.wrong_posterior(labels, averaged, noise_matrix)
+    flagged = score >= threshold
+    out = {"typical": purification.decide(labels, score, final, threshold).new_labels}
+    for gate, probs in (("posterior", averaged), ("posterior_final", final)):
+        post = true_class_posterior(labels, probs, noise_matrix)
+        best = post.argmax(axis=1)
+        sure = (best != labels) & (post[np.arange(len(labels)), best] > 1.0 - threshold)
+        out[gate] = np.where(flagged, np.where(sure, best, -1), labels)
+    return out
+
+
+def figures(new_labels: np.ndarray, labels: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    """Relabels, their accuracy and correct count, the error left among labelled samples, the kept share."""
+    relabelled = (new_labels >= 0) & (new_labels != labels)
+    labelled = new_labels >= 0
+    right = new_labels[relabelled] == truth[relabelled]
+    return {
+        "relabelled": int(relabelled.sum()),
+        "relabel_accuracy": float(right.mean()) if relabelled.any() else None,
+        "correct_relabels": int(right.sum()),
+        "noise_left": float(np.mean(new_labels[labelled] != truth[labelled])),
+        "labelled_fraction": float(labelled.mean()),
+    }
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    """A Markdown table: one row per run, τ and gate."""
+    lines = [
+        "| run | τ | gate | relabelled | relabel accuracy | correct relabels | noise left | labelled |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run, by_tau in results.items():
+        for tau, by_gate in by_tau.items():
+            for gate, f in by_gate.items():
+                lines.append(
+                    f"| {run} | {tau} | {gate} | {f['relabelled']} | {f['relabel_accuracy']:.3f} | "
+                    f"{f['correct_relabels']} | {f['noise_left']:.4f} | {f['labelled_fraction']:.3f} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("work", nargs="+", help="quality.py --work folders (dataset/, params.yaml, runs)")
+    parser.add_argument("--out", help="write the figures here (JSON) and a Markdown table beside it")
+    args = parser.parse_args()
+    load_run = _purify_ceiling().load_run
+    results: dict[str, dict[str, Any]] = {}
+    for work in map(Path, args.work):
+        for dynamics in sorted(work.glob("*/ssl/dynamics.npz")):
+            run = dynamics.parent.parent
+            kept = load_run(run, work / "dataset", work / "params.yaml")
+            results[f"{work.name}/{run.name}"] = {
+                str(tau): {
+                    gate: figures(new, kept.given, kept.truth)
+                    for gate, new in gate_labels(kept.given, kept.averaged, kept.final, tau).items()
+                }
+                for tau in THRESHOLDS
+            }
+    if not results:
+        raise SystemExit(f"no run with ssl/dynamics.npz under {', '.join(args.work)}")
+    print(table(results), end="")
+    if args.out:
+        write_json(args.out, results)
+        write_text(Path(args.out).with_suffix(".md"), table(results))
+
+
+if __name__ == "__main__":
+    main()
