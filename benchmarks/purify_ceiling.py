@@ -27,6 +27,7 @@ when a rule is being chosen:
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -142,10 +143,14 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def run_on_kept(
+    doc: str,
+    measure_run: Callable[[Path, Path, Path], dict[str, Any]],
+    table_of: Callable[[dict[str, dict[str, Any]]], str],
+) -> None:
+    """The command line of a study on kept runs: `measure_run(run, dataset, params_file)` on every run with
+    training dynamics under the WORK folders, the table printed and, with --out, written (JSON and .md)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("work", nargs="+", help="quality.py --work folders (dataset/, params.yaml, runs)")
     parser.add_argument("--out", help="write the figures here (JSON) and a Markdown table beside it")
     args = parser.parse_args()
@@ -153,13 +158,17 @@ def main() -> None:
     for work in map(Path, args.work):
         for dynamics in sorted(work.glob("*/ssl/dynamics.npz")):
             run = dynamics.parent.parent
-            results[f"{work.name}/{run.name}"] = measure(run, work / "dataset", work / "params.yaml")
+            results[f"{work.name}/{run.name}"] = measure_run(run, work / "dataset", work / "params.yaml")
     if not results:
         raise SystemExit(f"no run with ssl/dynamics.npz under {', '.join(args.work)}")
-    print(table(results), end="")
+    print(table_of(results), end="")
     if args.out:
         write_json(args.out, results)
-        write_text(Path(args.out).with_suffix(".md"), table(results))
+        write_text(Path(args.out).with_suffix(".md"), table_of(results))
+
+
+def main() -> None:
+    run_on_kept(__doc__, measure, table)
 
 
 if __name__ == "__main__":

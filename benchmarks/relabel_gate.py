@@ -22,7 +22,7 @@ benchmark's own runs when a rule is being chosen:
 
 from __future__ import annotations
 
-import argparse
+import functools
 import importlib.util
 import sys
 from pathlib import Path
@@ -30,13 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from labelsieve.atomic import write_json, write_text
 from labelsieve.maths import confident, purification
 
 GATES = ("typical", "posterior", "posterior_final")
 THRESHOLDS = (0.4, 0.5)
 
 
+@functools.cache
 def _purify_ceiling() -> Any:
     """benchmarks/purify_ceiling.py, whose `load_run` redoes a kept run's prediction pass."""
     spec = importlib.util.spec_from_file_location(
@@ -102,32 +102,20 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
+    """Every gate's figures at each τ on one kept run."""
+    kept = _purify_ceiling().load_run(run, dataset, params_file)
+    return {
+        str(tau): {
+            gate: figures(new, kept.given, kept.truth)
+            for gate, new in gate_labels(kept.given, kept.averaged, kept.final, tau).items()
+        }
+        for tau in THRESHOLDS
+    }
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("work", nargs="+", help="quality.py --work folders (dataset/, params.yaml, runs)")
-    parser.add_argument("--out", help="write the figures here (JSON) and a Markdown table beside it")
-    args = parser.parse_args()
-    load_run = _purify_ceiling().load_run
-    results: dict[str, dict[str, Any]] = {}
-    for work in map(Path, args.work):
-        for dynamics in sorted(work.glob("*/ssl/dynamics.npz")):
-            run = dynamics.parent.parent
-            kept = load_run(run, work / "dataset", work / "params.yaml")
-            results[f"{work.name}/{run.name}"] = {
-                str(tau): {
-                    gate: figures(new, kept.given, kept.truth)
-                    for gate, new in gate_labels(kept.given, kept.averaged, kept.final, tau).items()
-                }
-                for tau in THRESHOLDS
-            }
-    if not results:
-        raise SystemExit(f"no run with ssl/dynamics.npz under {', '.join(args.work)}")
-    print(table(results), end="")
-    if args.out:
-        write_json(args.out, results)
-        write_text(Path(args.out).with_suffix(".md"), table(results))
+    _purify_ceiling().run_on_kept(__doc__, measure, table)
 
 
 if __name__ == "__main__":
