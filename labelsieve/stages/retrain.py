@@ -148,7 +148,7 @@ def read_labels(params: Params, data: TrainingData, purified_dir: str | Path | N
         used = labels[decision != DROP]
         if used.size and (used.min() < 0 or used.max() >= classes):
             problems.append(f"a kept or relabelled sample has a label outside [0, {classes})")
-        if used.size < 2:
+        if used.size < 2 and params.retrain.epochs > 0:  # with no epoch the stage only passes through
             problems.append(f"only {used.size} sample(s) are kept; retrain needs at least 2")
     if problems:
         raise LabelsieveError(f"{path} does not fit the training set of {n} samples: " + "; ".join(problems))

@@ -161,6 +161,23 @@ def test_retrain_purified_file_of_another_size_is_refused(data_dirs, tmp_path):
         _retrain(_params("retrain.use_purified=true"), data_dirs, tmp_path / "m", tmp_path)
 
 
+def test_retrain_refuses_one_kept_sample_only_when_it_trains(data_dirs, tmp_path):
+    # GRIP at 80% noise once dropped all but one sample; its preset has no retrain epoch, so that run
+    # must not fail in a stage that trains nothing.
+    n = len(np.load(data_dirs["labels_dir"] / "labels.npz")["train_true_labels"])
+    labels, decision = np.full(n, -1, np.int64), np.full(n, retrain.DROP, np.int8)
+    labels[0], decision[0] = 0, retrain.KEEP
+    np.savez(tmp_path / "labels.npz", train_labels=labels, train_decision=decision)
+    summary = _retrain(
+        _params("retrain.use_purified=true", "retrain.epochs=0"), data_dirs, tmp_path / "m", tmp_path
+    )
+    assert summary["epochs"] == 0
+    with pytest.raises(LabelsieveError, match=r"only 1 sample\(s\) are kept; retrain needs at least 2"):
+        _retrain(
+            _params("retrain.use_purified=true", "retrain.epochs=1"), data_dirs, tmp_path / "m2", tmp_path
+        )
+
+
 def test_sssl_preset_trains_on_the_raw_labels_with_upstream_stages_passed_through():
     params = load_params("params.yaml", presets=["sssl"])
     assert not params.retrain.use_purified and params.retrain.epochs == 15
