@@ -68,7 +68,7 @@ def rankings(
         "dynamics_loss": dynamics["loss"].astype(np.float64),
         "held_out": -dynamics["held_out_probs"][rows, labels].astype(np.float64),
         "noise_source_margin": -(averaged[rows, labels] - source),
-        "noise_posterior": purification.wrong_posterior(labels, averaged, noise_matrix),
+        "noise_posterior": purification.posterior(labels, averaged, noise_matrix).wrong,
     }
 
 

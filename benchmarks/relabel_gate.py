@@ -4,12 +4,12 @@
 (docs/purification.md). The flags, and so F1 and AUROC, are fixed here; only the second decision varies:
 relabel a flagged sample or drop it. Gates (ŷ is the relabel target):
 
-- ``typical`` (the rule): ŷ = argmax of the final networks' probabilities, relabelled when ŷ ≠ ỹ and
-  p_ŷ ≥ the mean p_ŷ over the kept samples labelled ŷ (`purification.decide`);
-- ``posterior``: ŷ = argmax_j P(y* = j | x, ỹ), the posterior `purify` scores with (the averaged
-  probabilities and confident learning's noise matrix), relabelled when P(y* = ŷ | x, ỹ) > 1 − τ: every
-  label the dataset keeps or gives is then wrong with probability below τ;
-- ``posterior_final``: the same with the final networks' probabilities in the posterior.
+- ``posterior`` (the rule, `purification.decide`): ŷ = argmax_j P(y* = j | x, ỹ), the posterior
+  `purify` scores with (the averaged probabilities and confident learning's noise matrix), relabelled when
+  P(y* = ŷ | x, ỹ) > 1 − τ: every label the dataset keeps or gives is then wrong with probability below τ;
+- ``typical`` (the rule until this study): ŷ = argmax of the final networks' probabilities, relabelled
+  when ŷ ≠ ỹ and p_ŷ ≥ the mean p_ŷ over the kept samples labelled ŷ;
+- ``posterior_final``: the posterior gate with the final networks' probabilities in the posterior.
 
 Per run and τ (0.4, purify's default; 0.5, retrain's): relabels, their accuracy, the number of correct
 relabels, the label error left among kept and relabelled samples, and the fraction of samples that keep
@@ -32,7 +32,6 @@ import numpy as np
 
 from labelsieve.maths import confident, purification
 
-GATES = ("typical", "posterior", "posterior_final")
 THRESHOLDS = (0.4, 0.5)
 
 
@@ -48,12 +47,16 @@ def _purify_ceiling() -> Any:
     return module
 
 
-def true_class_posterior(labels: np.ndarray, probs: np.ndarray, noise_matrix: np.ndarray) -> np.ndarray:
-    """(N, C) P(y* = j | x, ỹ) ∝ p_j T[ỹ, j], T[i, j] = P(ỹ = i | y* = j); a row with no mass keeps ỹ."""
-    joint = probs * noise_matrix[labels]
-    total = joint.sum(axis=1, keepdims=True)
-    own = np.eye(probs.shape[1])[labels]
-    return np.where(total > 0, joint / np.where(total > 0, total, 1.0), own)
+def typical_gate(labels: np.ndarray, final: np.ndarray, flagged: np.ndarray) -> np.ndarray:
+    """The former gate's new labels: ŷ = argmax `final` where p_ŷ ≥ the kept class-ŷ members' mean p_ŷ."""
+    predicted = final.argmax(axis=1)
+    confidence = final[np.arange(len(labels)), predicted]
+    own = final[np.arange(len(labels)), labels]
+    counts = np.bincount(labels[~flagged], minlength=final.shape[1])
+    sums = np.bincount(labels[~flagged], weights=own[~flagged], minlength=final.shape[1])
+    typical = np.divide(sums, counts, out=np.ones(final.shape[1]), where=counts > 0)
+    sure = (predicted != labels) & (confidence >= typical[predicted] - confident.THRESHOLD_SLACK)
+    return np.where(flagged, np.where(sure, predicted, -1), labels)
 
 
 def gate_labels(
@@ -61,15 +64,15 @@ def gate_labels(
 ) -> dict[str, np.ndarray]:
     """The new labels (-1 where dropped) under each gate, the flags fixed by the rule's score at τ."""
     noise_matrix = confident.estimate(labels, averaged).noise_matrix
-    score = purification.wrong_posterior(labels, averaged, noise_matrix)
-    flagged = score >= threshold
-    out = {"typical": purification.decide(labels, score, final, threshold).new_labels}
-    for gate, probs in (("posterior", averaged), ("posterior_final", final)):
-        post = true_class_posterior(labels, probs, noise_matrix)
-        best = post.argmax(axis=1)
-        sure = (best != labels) & (post[np.arange(len(labels)), best] > 1.0 - threshold)
-        out[gate] = np.where(flagged, np.where(sure, best, -1), labels)
-    return out
+    post = purification.posterior(labels, averaged, noise_matrix)
+    on_final = purification.posterior(labels, final, noise_matrix)
+    return {
+        "typical": typical_gate(labels, final, post.wrong >= threshold),
+        "posterior": purification.decide(labels, post.wrong, post.best, post.best_prob, threshold)[1],
+        "posterior_final": purification.decide(
+            labels, post.wrong, on_final.best, on_final.best_prob, threshold
+        )[1],
+    }
 
 
 def figures(new_labels: np.ndarray, labels: np.ndarray, truth: np.ndarray) -> dict[str, Any]:

@@ -7,20 +7,21 @@ This is both the `purify` stage's rule and the in-memory API for people who alre
    stage averages the co-trained networks' predictions over training with their final ones; a user may
    pass out-of-sample ones) estimates the noise matrix T̂[i, j] = P(ỹ = i | y* = j)
    (`labelsieve.maths.confident`).
-2. One score, the posterior probability that the given label is wrong, by Bayes' rule with `pred_probs`
-   as the belief about the true class and T̂ as the likelihood of the given one:
-   P(y* ≠ ỹ | x, ỹ) = 1 − p_ỹ T̂[ỹ, ỹ] / Σ_j p_j T̂[ỹ, j].
+2. Bayes' rule, with `pred_probs` as the belief about the true class and T̂ as the likelihood of the
+   given label, gives each sample's posterior over its true class:
+   P(y* = j | x, ỹ) = p_j T̂[ỹ, j] / Σ_k p_k T̂[ỹ, k].
+   The score is the probability that the given label is wrong, P(y* ≠ ỹ | x, ỹ) = 1 − P(y* = ỹ | x, ỹ).
    Under symmetric noise it orders the samples by p_ỹ; under a class swap it weighs the swap's source
    class; in a class that nothing flips into (T̂[ỹ, j] ≈ 0 for j ≠ ỹ) it is ≈ 0, so the class stays clean.
 3. Flag every sample whose score is at least τ (`threshold`, default `WRONG_THRESHOLD`). τ < 1/2 says
    that keeping a wrong label costs more than losing a right one: (1 − τ)/τ = 1.5 times at τ = 0.4.
-4. A flagged sample is relabelled to ŷ = argmax of `final_probs` when ŷ ≠ ỹ and the prediction is as
-   confident as a typical kept member of class ŷ: p_ŷ ≥ the mean of p_ŷ over the kept samples labelled
-   ŷ. Otherwise it is dropped: a flagged sample whose best guess is still ỹ, or a guess less sure than
-   the class's own clean members, is not worth a label.
+4. A flagged sample is relabelled to the posterior's top class ŷ when P(y* = ŷ | x, ỹ) > 1 − τ, else
+   dropped. The same τ then bounds every label the dataset keeps or gives: each is wrong with posterior
+   probability below τ. A flagged sample's own label has P(y* = ỹ | x, ỹ) ≤ 1 − τ, so ŷ ≠ ỹ whenever
+   the gate passes.
 
 The only constant is τ, a probability with a decision-theoretic meaning, chosen on the Fashion-MNIST
-tuning slice (docs/purification.md); the other thresholds come from the data.
+tuning slice (docs/purification.md).
 """
 
 from __future__ import annotations
@@ -48,13 +49,12 @@ class Purification:
     noise: confident.NoiseEstimate
 
 
-class Decisions(NamedTuple):
-    """`decide`'s output: the decisions and the relabel target's top class behind them."""
+class Posterior(NamedTuple):
+    """Each sample's posterior over its true class, P(y* = j | x, ỹ), reduced to what the rule reads."""
 
-    decision: np.ndarray  # (N,) int8: KEEP, RELABEL or DROP
-    new_labels: np.ndarray  # (N,) int64: ỹ if kept, ŷ if relabelled, -1 if dropped
-    predicted: np.ndarray  # (N,) int64: ŷ = argmax of the relabel target's probabilities
-    confidence: np.ndarray  # (N,) float64: p_ŷ
+    wrong: np.ndarray  # (N,) float64: P(y* ≠ ỹ | x, ỹ)
+    best: np.ndarray  # (N,) int64: ŷ = argmax_j P(y* = j | x, ỹ)
+    best_prob: np.ndarray  # (N,) float64: P(y* = ŷ | x, ỹ)
 
 
 def margins(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
@@ -69,16 +69,26 @@ def margins(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return out
 
 
-def wrong_posterior(labels: np.ndarray, probs: np.ndarray, noise_matrix: np.ndarray) -> np.ndarray:
-    """(N,) P(y* ≠ ỹ | x, ỹ) = 1 − p_ỹ T[ỹ, ỹ] / Σ_j p_j T[ỹ, j], T[i, j] = P(ỹ = i | y* = j); in chunks."""
-    out = np.empty(len(labels), dtype=np.float64)
-    rows_of = np.arange(len(labels))
-    for rows in chunks.row_chunks(len(labels), probs.shape[1]):
-        likelihood = np.asarray(probs[rows], dtype=np.float64) * noise_matrix[labels[rows]]
-        own = likelihood[rows_of[rows] - rows.start, labels[rows]]
-        total = likelihood.sum(axis=1)
-        out[rows] = np.divide(total - own, total, out=np.zeros(len(own)), where=total > 0)
-    return out
+def posterior(labels: np.ndarray, probs: np.ndarray, noise_matrix: np.ndarray) -> Posterior:
+    """P(y* = j | x, ỹ) ∝ p_j T[ỹ, j], T[i, j] = P(ỹ = i | y* = j), in chunks of rows (no (N, C) temporary).
+
+    A row with no mass (every p_j T[ỹ, j] = 0) keeps its label: wrong 0, ŷ = ỹ with probability 1.
+    """
+    n = len(labels)
+    wrong, best_prob = np.empty(n, dtype=np.float64), np.empty(n, dtype=np.float64)
+    best = np.empty(n, dtype=np.int64)
+    rows_of = np.arange(n)
+    for rows in chunks.row_chunks(n, probs.shape[1]):
+        given, local = labels[rows], rows_of[rows] - rows.start
+        joint = np.asarray(probs[rows], dtype=np.float64) * noise_matrix[given]
+        total = joint.sum(axis=1)
+        empty = total <= 0
+        joint[empty, given[empty]] = 1.0
+        joint /= np.where(empty, 1.0, total)[:, None]
+        wrong[rows] = 1.0 - joint[local, given]
+        best[rows] = joint.argmax(axis=1)
+        best_prob[rows] = joint[local, best[rows]]
+    return Posterior(wrong, best, best_prob)
 
 
 def flag_top(score: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -94,76 +104,60 @@ def flag_top(score: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> np.nd
     return flagged
 
 
-def kept_confidence(final_probs: np.ndarray, labels: np.ndarray, kept: np.ndarray) -> np.ndarray:
-    """(C,) the mean of p_j over the kept samples labelled j; 1 for a class with none (no relabel into it)."""
-    num_classes = final_probs.shape[1]
-    members = labels[kept]
-    own = np.take_along_axis(final_probs, labels[:, None], axis=1)[:, 0]  # (N,): no (N, C) copy
-    sums = np.bincount(members, weights=own[kept], minlength=num_classes)
-    counts = np.bincount(members, minlength=num_classes)
-    return np.divide(sums, counts, out=np.ones(num_classes), where=counts > 0)
-
-
 def decide(
-    labels: np.ndarray, noise_score: np.ndarray, final_probs: np.ndarray, threshold: float
-) -> Decisions:
+    labels: np.ndarray,
+    noise_score: np.ndarray,
+    predicted: np.ndarray,
+    confidence: np.ndarray,
+    threshold: float,
+) -> tuple[np.ndarray, np.ndarray]:
     """Steps 3 and 4 of the rule: flag at τ = `threshold`, then relabel or drop each flagged sample.
 
     Args:
         labels: (N,) given labels ỹ.
-        noise_score: (N,) P(y* ≠ ỹ | x, ỹ) (`wrong_posterior`).
-        final_probs: (N, C) the relabel target's probabilities.
+        noise_score: (N,) P(y* ≠ ỹ | x, ỹ) (`Posterior.wrong`).
+        predicted: (N,) ŷ, the posterior's top class (`Posterior.best`).
+        confidence: (N,) P(y* = ŷ | x, ỹ) (`Posterior.best_prob`).
         threshold: τ in (0, 1).
 
     Returns:
-        `Decisions`: the decision per sample, the new labels (-1 where dropped), ŷ and p_ŷ.
+        (decision, new labels): int8 KEEP / RELABEL / DROP per sample, and int64 labels, -1 where dropped.
     """
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
     flagged = noise_score >= threshold
-    predicted = final_probs.argmax(axis=1)
-    confidence = np.take_along_axis(final_probs, predicted[:, None], axis=1)[:, 0]
-    typical = kept_confidence(final_probs, labels, ~flagged)
-    sure = confidence >= typical[predicted] - confident.THRESHOLD_SLACK
-    relabel = flagged & (predicted != labels) & sure
+    relabel = flagged & (predicted != labels) & (confidence > 1.0 - threshold)
     decision = np.where(flagged, np.where(relabel, RELABEL, DROP), KEEP).astype(np.int8)
     new_labels = np.where(flagged, np.where(relabel, predicted, -1), labels).astype(np.int64)
-    return Decisions(decision, new_labels, predicted.astype(np.int64), confidence.astype(np.float64))
+    return decision, new_labels
 
 
 def find_label_issues(
-    labels: np.ndarray,
-    pred_probs: np.ndarray,
-    *,
-    final_probs: np.ndarray | None = None,
-    threshold: float = WRONG_THRESHOLD,
+    labels: np.ndarray, pred_probs: np.ndarray, *, threshold: float = WRONG_THRESHOLD
 ) -> Purification:
     """Score, flag and decide every sample (the module docstring's rule).
 
     Args:
         labels: (N,) given labels ỹ in [0, C).
         pred_probs: (N, C) probabilities that did not memorise ỹ: averaged over training, or out of
-            sample (k-fold). Drive the noise estimate and the ranking.
-        final_probs: (N, C) the final model's probabilities, for the relabel target; default `pred_probs`.
-        threshold: τ in (0, 1): flag a sample whose label is wrong with at least this probability.
+            sample (k-fold). Drive the noise estimate, the ranking and the relabel target.
+        threshold: τ in (0, 1): flag a sample whose label is wrong with at least this probability, and
+            relabel it only to a class that is right with probability above 1 − τ.
 
     Returns:
         `Purification`; its scores: ``noise_score`` (P(y* ≠ ỹ | x, ỹ)), ``self_confidence``
-        (p_ỹ of `pred_probs`), ``predicted`` (argmax of `final_probs`) and ``confidence`` (its
-        probability).
+        (p_ỹ of `pred_probs`), ``predicted`` (ŷ, the posterior's top class) and ``confidence``
+        (P(y* = ŷ | x, ỹ)).
     """
     labels = np.asarray(labels, dtype=np.int64)
     noise = confident.estimate(labels, pred_probs)
-    final = np.asarray(pred_probs if final_probs is None else final_probs)
-    if final.shape != pred_probs.shape:
-        raise ValueError(f"final_probs must be {pred_probs.shape} like pred_probs, got {final.shape}")
-    noise_score = wrong_posterior(labels, pred_probs, noise.noise_matrix)
-    decided = decide(labels, noise_score, final, threshold)
+    post = posterior(labels, pred_probs, noise.noise_matrix)
+    decision, new_labels = decide(labels, post.wrong, post.best, post.best_prob, threshold)
     own = np.take_along_axis(np.asarray(pred_probs), labels[:, None], axis=1)[:, 0]
     scores = {
-        "noise_score": noise_score,
+        "noise_score": post.wrong,
         "self_confidence": own.astype(np.float64),
-        "predicted": decided.predicted,
-        "confidence": decided.confidence,
+        "predicted": post.best,
+        "confidence": post.best_prob,
     }
-    return Purification(decided.decision, decided.new_labels, scores, noise)
+    return Purification(decision, new_labels, scores, noise)

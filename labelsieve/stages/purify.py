@@ -4,9 +4,9 @@ The rule is `labelsieve.maths.purification` (docs/purification.md). Its probabil
 of two predictions of the co-trained networks: their final one, and their training dynamics from
 `ssl_train` (``dynamics.npz``: every co-divide's prediction averaged over the epochs and both networks).
 Confident learning on them estimates the noise matrix; with it, Bayes' rule gives each sample's
-probability that its given label is wrong, and a sample is flagged when that probability reaches
-`purify.flag_threshold`; a flagged sample is relabelled to the final networks' prediction when it is as
-confident as the class's kept members, else dropped.
+posterior over its true class. A sample is flagged when its given label is wrong with probability at
+least τ = `purify.flag_threshold`; a flagged sample is relabelled to its most probable true class when
+that class is right with probability above 1 − τ, else dropped.
 The final networks are `ssl_train`'s (`purify.relabel_from: ssl`, measured better) or GRIP's. Without SSL
 epochs (the `grip` preset) the final probabilities stand alone. GRIP's JS divergences, the last
 co-divide's clean probability and the training-dynamics margin are reported beside the decision.
@@ -108,9 +108,7 @@ def purify(
         source = "held_out_probs" if params.purify.pred_probs == "held_out" else "probs"
         averaged = dynamics[source].astype(np.float64) + final_np  # one (N, C) temporary, halved in place
         averaged /= 2.0
-        result = purification.find_label_issues(
-            given, averaged, final_probs=final_np, threshold=params.purify.flag_threshold
-        )
+        result = purification.find_label_issues(given, averaged, threshold=params.purify.flag_threshold)
         result.scores["dynamics_margin"] = dynamics["margin"].astype(np.float64, copy=False)
     result.scores["js_given"] = js_given(final, soft_labels, labels)
     return result

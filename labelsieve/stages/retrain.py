@@ -20,8 +20,8 @@ prediction as their target. `retrain.distill` = β mixes the ensemble into every
 t = (1 − β) onehot(label) + β p_ensemble: the single network learns from the ensemble it replaces
 (knowledge distillation). Otherwise (preset `sssl`) the noisy labels of `inject_noise` are used as given.
 `retrain.flag_threshold` τ_r, when set, re-decides the samples at that τ from purify's ``scores.npz``
-(`noise_score`) by purify's own rule (`purification.decide`), so the model can learn from a looser or
-stricter cut than the dataset handed back.
+(`noise_score`, `predicted`, `confidence`: its posterior over the true class) by purify's own rule
+(`purification.decide`), so the model can learn from a looser or stricter cut than the dataset handed back.
 
 Start: `retrain.init_from: ssl` starts the network from the first co-trained network of ``<ssl_dir>``
 (fine-tuning it on the purified targets); `scratch` from a fresh initialisation.
@@ -154,40 +154,46 @@ def read_labels(params: Params, data: TrainingData, purified_dir: str | Path | N
         raise LabelsieveError(f"{path} does not fit the training set of {n} samples: " + "; ".join(problems))
     if params.retrain.flag_threshold is not None:
         given = data.train_labels.cpu().numpy()
-        decision, labels = redecide(Path(purified_dir), given, probs, params.retrain.flag_threshold)
+        decision, labels = redecide(Path(purified_dir), given, classes, params.retrain.flag_threshold)
     used_probs = probs.astype(np.float32) if probs is not None and wants_probs else None
     return TrainingLabels(labels.astype(np.int64), decision.astype(np.int8), "purified", used_probs)
 
 
 def redecide(
-    purified_dir: Path, given: np.ndarray, probs: np.ndarray | None, threshold: float
+    purified_dir: Path, given: np.ndarray, num_classes: int, threshold: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """(decision, new labels) by purify's rule again at retrain's own τ (`retrain.flag_threshold`): the
-    same `purification.decide` on purify's scores (``scores.npz`` `noise_score`) and the ensemble's
-    probabilities (`train_probs`).
+    same `purification.decide` on purify's posterior (``scores.npz``: `noise_score`, `predicted`,
+    `confidence`).
 
     Raises:
-        LabelsieveError: either input is missing, unreadable or of the wrong shape.
+        LabelsieveError: the scores are missing, unreadable, of the wrong shape or out of range.
     """
     path = purified_dir / "scores.npz"
     fix = "set retrain.flag_threshold: null to train on purify's own decisions"
-    if probs is None:
-        raise LabelsieveError(
-            f"{purified_dir / 'labels.npz'} has no train_probs, which retrain.flag_threshold needs; {fix}"
-        )
+    fields = ("noise_score", "predicted", "confidence")
     try:
         with np.load(path, allow_pickle=False) as arrays:
-            score = arrays["noise_score"]
+            score, predicted, confidence = (arrays[name] for name in fields)
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
         raise LabelsieveError(
-            f"{path} has no readable noise_score ({err}), which retrain.flag_threshold needs; {fix}"
+            f"{path} has no readable {', '.join(fields)} ({err}), which retrain.flag_threshold needs; {fix}"
         ) from err
-    if score.shape != given.shape or not np.isfinite(score).all():
-        raise LabelsieveError(
-            f"{path}: noise_score must be finite of shape {given.shape}, got {score.shape}; {fix}"
-        )
-    decided = purification.decide(given, score.astype(np.float64), probs.astype(np.float64), threshold)
-    return decided.decision, decided.new_labels
+    problems = [
+        f"{name} must be of shape {given.shape}, got {array.shape}"
+        for name, array in zip(fields, (score, predicted, confidence), strict=True)
+        if array.shape != given.shape
+    ]
+    if not problems:
+        if not (np.isfinite(score).all() and np.isfinite(confidence).all()):
+            problems.append("noise_score and confidence must be finite")
+        if predicted.dtype.kind not in "iu" or not np.isin(predicted, np.arange(num_classes)).all():
+            problems.append(f"predicted must be class indices in [0, {num_classes})")
+    if problems:
+        raise LabelsieveError(f"{path}: " + "; ".join(problems) + f"; {fix}")
+    return purification.decide(
+        given, score.astype(np.float64), predicted.astype(np.int64), confidence.astype(np.float64), threshold
+    )
 
 
 def initial_state(

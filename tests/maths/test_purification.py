@@ -11,51 +11,63 @@ from labelsieve.maths.purification import (
     KEEP,
     RELABEL,
     WRONG_THRESHOLD,
+    decide,
     find_label_issues,
     flag_top,
-    kept_confidence,
     margins,
-    wrong_posterior,
+    posterior,
 )
 
 
 def test_hand_case_posteriors_flags_and_relabels():
     # t = (0.55, 0.6); confident classes: 0, 1, 1, 1, 0 -> joint [[1, 1], [1, 2]] -> Q = joint / 5, prior
-    # (0.4, 0.6), T = Q / prior = [[1/2, 1/3], [1/2, 2/3]]. P(wrong) = Σ_{j≠ỹ} p_j T[ỹ, j] / Σ_j p_j T[ỹ, j]:
-    # sample 0: (0.1/3) / (0.45 + 0.1/3) = 2/29; sample 1: (0.8/3) / (0.1 + 0.8/3) = 8/11;
-    # sample 2: 0.05 / 0.65 = 1/13; sample 3: 0.15 / (0.15 + 1.4/3) = 9/37;
-    # sample 4: 0.4 / (0.4 + 0.4/3) = 3/4.
-    # τ = 0.4 flags samples 1 and 4. The kept members' confidence is 0.9 for class 0 (sample 0) and 0.8
-    # for class 1 (samples 2, 3): sample 1's 0.8 for class 1 is as sure as that, so it is relabelled;
-    # sample 4's 0.8 for class 0 is not, so it is dropped.
+    # (0.4, 0.6), T = Q / prior = [[1/2, 1/3], [1/2, 2/3]]. P(y* = j | x, ỹ) ∝ p_j T[ỹ, j]:
+    # sample 0: (0.45, 0.1/3) -> (27/29, 2/29); sample 1: (0.1, 0.8/3) -> (3/11, 8/11);
+    # sample 2: (0.05, 0.6) -> (1/13, 12/13); sample 3: (0.15, 1.4/3) -> (9/37, 28/37);
+    # sample 4: (0.4, 0.4/3) -> (3/4, 1/4).
+    # τ = 0.4 flags samples 1 (wrong 8/11) and 4 (3/4); both top classes pass 1 − τ = 0.6: relabelled.
     labels = np.array([0, 0, 1, 1, 1])
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.3, 0.7], [0.8, 0.2]])
     result = find_label_issues(labels, probs)
     np.testing.assert_allclose(result.noise.noise_matrix, [[1 / 2, 1 / 3], [1 / 2, 2 / 3]])
     np.testing.assert_allclose(result.scores["noise_score"], [2 / 29, 8 / 11, 1 / 13, 9 / 37, 3 / 4])
-    assert result.decision.tolist() == [KEEP, RELABEL, KEEP, KEEP, DROP]
-    assert result.new_labels.tolist() == [0, 1, 1, 1, -1]
-    # τ is inclusive and moves only the samples it passes: 9/37 ≈ 0.243 is flagged at 0.24, not at 0.25.
-    assert find_label_issues(labels, probs, threshold=0.25).decision[3] == KEEP
-    assert find_label_issues(labels, probs, threshold=0.24).decision[3] != KEEP
+    assert result.scores["predicted"].tolist() == [0, 1, 1, 1, 0]
+    np.testing.assert_allclose(result.scores["confidence"], [27 / 29, 8 / 11, 12 / 13, 28 / 37, 3 / 4])
+    assert result.decision.tolist() == [KEEP, RELABEL, KEEP, KEEP, RELABEL]
+    assert result.new_labels.tolist() == [0, 1, 1, 1, 0]
+    # τ = 0.24 also flags sample 3 (9/37 ≈ 0.243), whose top class is its own label: dropped. Samples 1
+    # and 4 must now be right with probability above 0.76; 8/11 and 3/4 are not: dropped too.
+    assert find_label_issues(labels, probs, threshold=0.24).decision.tolist() == [
+        KEEP,
+        DROP,
+        KEEP,
+        DROP,
+        DROP,
+    ]
+    assert find_label_issues(labels, probs, threshold=0.25).decision[3] == KEEP  # τ is inclusive
     assert PurifyConfig().flag_threshold == WRONG_THRESHOLD  # the stage's default is the API's
-    np.testing.assert_allclose(kept_confidence(probs, labels, result.decision == KEEP), [0.9, 0.8])
     assert labelsieve.find_label_issues is find_label_issues  # the package's API is the stage's rule
 
 
-def test_flagged_sample_is_dropped_when_its_prediction_is_its_label_or_unsure():
-    labels = np.array([0, 0, 1, 1, 1])
-    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.3, 0.7], [0.8, 0.2]])
-    # The final model still predicts 0 for sample 1 (its label) and is unsure about sample 4 (0.56 for
-    # class 0 against 0.9 for the kept sample 0); sample 4 goes to class 0 at 0.95 in the second case.
-    final = probs.copy()
-    final[1] = [0.6, 0.4]
-    final[4] = [0.56, 0.44]
-    result = find_label_issues(labels, probs, final_probs=final)
-    assert result.decision.tolist() == [KEEP, DROP, KEEP, KEEP, DROP]
-    assert result.new_labels.tolist() == [0, -1, 1, 1, -1]
-    final[4] = [0.95, 0.05]
-    assert find_label_issues(labels, probs, final_probs=final).decision.tolist()[4] == RELABEL
+def test_posterior_relabels_only_where_the_noise_matrix_lets_a_label_come_from():
+    # Classes 0 and 2 swap 40% of their labels; nothing flips into or out of class 1. Columns sum to 1.
+    noise_matrix = np.array([[0.6, 0.0, 0.4], [0.0, 1.0, 0.0], [0.4, 0.0, 0.6]])
+    labels = np.array([0, 0, 1, 1])
+    probs = np.array([[0.3, 0.5, 0.2], [0.1, 0.1, 0.8], [0.7, 0.2, 0.1], [0.5, 0.0, 0.5]])
+    post = posterior(labels, probs, noise_matrix)
+    # sample 0: (0.18, 0, 0.08) -> (9/13, 0, 4/13): the network's top class 1 cannot have given label 0;
+    # sample 1: (0.06, 0, 0.32) -> (3/19, 0, 16/19); sample 2: (0, 0.2, 0) -> class 1 surely;
+    # sample 3: no mass at all (p_1 = 0) -> its label is kept with probability 1.
+    np.testing.assert_allclose(post.wrong, [4 / 13, 16 / 19, 0.0, 0.0], atol=1e-15)
+    assert post.best.tolist() == [0, 2, 1, 1]
+    np.testing.assert_allclose(post.best_prob, [9 / 13, 16 / 19, 1.0, 1.0])
+    decision, new_labels = decide(labels, post.wrong, post.best, post.best_prob, 0.3)
+    assert decision.tolist() == [DROP, RELABEL, KEEP, KEEP]  # sample 0's top class is its label: dropped
+    assert new_labels.tolist() == [-1, 2, 1, 1]
+    # The gate is strict: a top class right with probability exactly 1 − τ is not enough.
+    at_the_gate = np.array([0.5, 0.5 + 1e-9])
+    decision, _ = decide(labels[:2], np.array([0.5, 0.5]), np.array([2, 2]), at_the_gate, 0.5)
+    assert decision.tolist() == [DROP, RELABEL]
 
 
 def test_a_class_estimated_clean_has_nothing_flagged():
@@ -88,17 +100,21 @@ def test_margins_match_a_float64_reference_across_chunks():
     np.testing.assert_allclose(margins(labels, probs), own - other, rtol=0, atol=1e-12)
 
 
-def test_wrong_posterior_matches_a_float64_bayes_reference_across_chunks():
+def test_posterior_matches_a_float64_bayes_reference_across_chunks():
     rng = np.random.default_rng(2)
     n, c = chunks.CHUNK_VALUES // 4 + 7, 4  # more than one chunk
     probs = rng.dirichlet(np.ones(c), size=n).astype(np.float32)
     labels = rng.integers(0, c, n)
     noise_matrix = rng.dirichlet(np.ones(c), size=c).T  # columns sum to 1: P(ỹ = i | y* = j)
-    posterior = np.empty(n)
+    wrong, best, best_prob = np.empty(n), np.empty(n, dtype=np.int64), np.empty(n)
     for k in range(n):  # P(y* = j | x, ỹ) ∝ p_j P(ỹ | y* = j), one sample at a time
         joint = probs[k].astype(np.float64) * noise_matrix[labels[k]]
-        posterior[k] = 1.0 - joint[labels[k]] / joint.sum()
-    np.testing.assert_allclose(wrong_posterior(labels, probs, noise_matrix), posterior, rtol=0, atol=1e-12)
+        joint /= joint.sum()
+        wrong[k], best[k], best_prob[k] = 1.0 - joint[labels[k]], joint.argmax(), joint.max()
+    post = posterior(labels, probs, noise_matrix)
+    np.testing.assert_allclose(post.wrong, wrong, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(post.best, best)
+    np.testing.assert_allclose(post.best_prob, best_prob, rtol=0, atol=1e-12)
 
 
 def test_flag_top_takes_the_highest_scores_per_class_with_ties_by_index():
@@ -111,8 +127,6 @@ def test_flag_top_takes_the_highest_scores_per_class_with_ties_by_index():
 def test_bad_shapes_are_refused():
     with pytest.raises(ValueError, match="probs must be"):
         find_label_issues(np.array([0, 1]), np.ones((3, 2)) / 2)
-    with pytest.raises(ValueError, match="final_probs"):
-        find_label_issues(np.array([0, 1]), np.ones((2, 2)) / 2, final_probs=np.ones((2, 3)) / 3)
     with pytest.raises(ValueError, match="labels must lie"):
         find_label_issues(np.array([0, 2]), np.ones((2, 2)) / 2)
     with pytest.raises(ValueError, match="threshold must lie"):

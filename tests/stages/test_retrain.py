@@ -108,32 +108,42 @@ def test_retrain_purified_unlabeled_keeps_dropped_with_zero_weight(data_dirs, pu
 
 
 def test_redecide_applies_purifys_rule_at_retrains_own_threshold(tmp_path):
-    # The hand case of tests/maths/test_purification.py: noise scores 2/29, 8/11, 1/13, 9/37, 3/4.
+    # The hand case of tests/maths/test_purification.py: wrong 2/29, 8/11, 1/13, 9/37, 3/4; top classes
+    # 0, 1, 1, 1, 0 with posterior 27/29, 8/11, 12/13, 28/37, 3/4.
     given = np.array([0, 0, 1, 1, 1])
-    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.3, 0.7], [0.8, 0.2]], dtype=np.float32)
-    np.savez(tmp_path / "scores.npz", noise_score=np.array([2 / 29, 8 / 11, 1 / 13, 9 / 37, 3 / 4]))
-    decision, labels = retrain.redecide(tmp_path, given, probs, 0.4)  # purify's default: its decisions
-    assert decision.tolist() == [retrain.KEEP, retrain.RELABEL, retrain.KEEP, retrain.KEEP, retrain.DROP]
-    assert labels.tolist() == [0, 1, 1, 1, -1]
-    # τ = 0.75 flags sample 4 alone; class 0's kept members are now samples 0 and 1, mean p_0 =
-    # (0.9 + 0.2) / 2 = 0.55, so sample 4's 0.8 for class 0 is sure enough: relabelled, not dropped.
-    decision, labels = retrain.redecide(tmp_path, given, probs, 0.75)
+    np.savez(
+        tmp_path / "scores.npz",
+        noise_score=np.array([2 / 29, 8 / 11, 1 / 13, 9 / 37, 3 / 4]),
+        predicted=np.array([0, 1, 1, 1, 0]),
+        confidence=np.array([27 / 29, 8 / 11, 12 / 13, 28 / 37, 3 / 4]),
+    )
+    decision, labels = retrain.redecide(tmp_path, given, 2, 0.4)  # purify's default: its decisions
+    assert decision.tolist() == [retrain.KEEP, retrain.RELABEL, retrain.KEEP, retrain.KEEP, retrain.RELABEL]
+    assert labels.tolist() == [0, 1, 1, 1, 0]
+    # τ = 0.74 flags sample 4 alone, and its 3/4 for class 0 passes 1 − τ = 0.26: relabelled. τ = 0.8
+    # flags nothing.
+    decision, labels = retrain.redecide(tmp_path, given, 2, 0.74)
     assert decision.tolist() == [retrain.KEEP] * 4 + [retrain.RELABEL]
     assert labels.tolist() == [0, 0, 1, 1, 0]
-    assert retrain.redecide(tmp_path, given, probs, 0.8)[0].tolist() == [retrain.KEEP] * 5
+    assert retrain.redecide(tmp_path, given, 2, 0.8)[0].tolist() == [retrain.KEEP] * 5
 
 
-def test_redecide_without_scores_or_probs_names_the_file_and_the_fix(tmp_path):
-    given, probs = np.array([0, 1]), np.full((2, 2), 0.5)
+def test_redecide_without_usable_scores_names_the_file_and_the_fix(tmp_path):
+    given = np.array([0, 1])
     with pytest.raises(
         LabelsieveError, match=r"scores\.npz has no readable noise_score.*flag_threshold: null"
     ):
-        retrain.redecide(tmp_path, given, probs, 0.5)
-    np.savez(tmp_path / "scores.npz", noise_score=np.array([0.1, np.nan]))
-    with pytest.raises(LabelsieveError, match=r"noise_score must be finite of shape \(2,\)"):
-        retrain.redecide(tmp_path, given, probs, 0.5)
-    with pytest.raises(LabelsieveError, match=r"labels\.npz has no train_probs"):
-        retrain.redecide(tmp_path, given, None, 0.5)
+        retrain.redecide(tmp_path, given, 2, 0.5)
+    np.savez(tmp_path / "scores.npz", noise_score=np.array([0.1, 0.2]))  # written before the posterior
+    with pytest.raises(LabelsieveError, match=r"no readable noise_score, predicted, confidence"):
+        retrain.redecide(tmp_path, given, 2, 0.5)
+    scores = {"noise_score": np.array([0.1, np.nan]), "predicted": np.array([0, 2]), "confidence": np.ones(3)}
+    np.savez(tmp_path / "scores.npz", **scores)
+    with pytest.raises(LabelsieveError, match=r"confidence must be of shape \(2,\), got \(3,\)"):
+        retrain.redecide(tmp_path, given, 2, 0.5)
+    np.savez(tmp_path / "scores.npz", **{**scores, "confidence": np.ones(2)})
+    with pytest.raises(LabelsieveError, match=r"must be finite.*class indices in \[0, 2\)"):
+        retrain.redecide(tmp_path, given, 2, 0.5)
 
 
 def test_weighted_soft_ce_zero_weight_rows_add_nothing_and_ones_match_soft_ce():
