@@ -49,6 +49,7 @@ from labelsieve.config import Params, WarmupConfig, load_params  # noqa: E402
 from labelsieve.engine import loop  # noqa: E402
 from labelsieve.engine.device import apply_threads, resolve_device  # noqa: E402
 from labelsieve.engine.resident import TrainingData  # noqa: E402
+from labelsieve.maths import purification  # noqa: E402
 from labelsieve.stages import ARTIFACTS, STAGES, evaluate  # noqa: E402
 
 NOISE = {
@@ -97,7 +98,8 @@ def params_read(resolved: dict[str, Any]) -> dict[str, Any]:
     the runs of `ce`, `clean`, `grip` and `sssl` keep their key when the co-training params change. A
     stage with no epoch passes its input through, so only its `epochs` counts, and `retrain.flag_threshold`
     counts only when retrain trains on purified labels. Only a mixup warm-up reads `warmup.alpha`; other
-    runs count it at its built-in default.
+    runs count it at its built-in default. A run with co-trained or GRIP networks reports purify's
+    decisions, so it also counts the rule's version (`purification.RULE_VERSION`).
     """
     read = copy.deepcopy(resolved)
     if read["ssl_train"]["epochs"] == 0:
@@ -109,6 +111,8 @@ def params_read(resolved: dict[str, Any]) -> dict[str, Any]:
         read["retrain"].pop("flag_threshold", None)
     if read["warmup"]["loss"] != "mixup" or read["warmup"]["epochs"] == 0:
         read["warmup"]["alpha"] = WarmupConfig().alpha
+    if read["ssl_train"]["epochs"] > 0 or read["group_regularize"]["epochs"] > 0:
+        read["purify_rule"] = purification.RULE_VERSION
     return read
 
 
@@ -204,7 +208,7 @@ def _cell(value: float | None, fmt: str = "{:.2f}", scale: float = 100.0) -> str
     return "" if value is None else fmt.format(scale * value)
 
 
-STALE = "†"  # marks a saved run whose params differ from the current ones
+STALE = "†"  # marks a saved run whose params (or purify rule) differ from the current ones
 
 
 def _mark(run: dict[str, Any] | None) -> str:
@@ -289,7 +293,10 @@ def table(results: list[dict[str, Any]]) -> str:
         ]
         lines.append("| " + " | ".join(line) + " |")
     if any(r.get("stale") for r in results):
-        lines += ["", f"{STALE} run with params older than the current ones: rerun it to refresh."]
+        lines += [
+            "",
+            f"{STALE} run with params or a purify rule older than the current ones: rerun it to refresh.",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -412,7 +412,7 @@ def write_html(
             f"<p>{len(gallery)} training samples to check, spread over purify's decisions and the classes: "
             "relabelled, dropped, and borderline (kept, but next in line to be flagged), each with the "
             "highest noise score of its class first. Each card gives the sample's id and source, the label "
-            "it came with, the final networks' prediction and purify's decision.</p>"
+            "it came with, its most probable true class by purify's posterior, and purify's decision.</p>"
             "<div class='gallery'>"
         )
         for row in gallery:

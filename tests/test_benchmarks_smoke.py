@@ -118,11 +118,11 @@ def test_quality_runs_reuses_and_reports_failures(tmp_path: Path) -> None:
     stale = subprocess.run(
         [*command, "--table", "--params", str(edited)], capture_output=True, text=True, check=True
     )
-    assert "| sym50 | smr† | " in stale.stdout and "params older than the current ones" in stale.stdout
+    assert "| sym50 | smr† | " in stale.stdout and "a purify rule older than the current ones" in stale.stdout
     assert (out / "sym50-smr.json").stat().st_mtime_ns == mtime
 
 
-def test_quality_key_covers_only_what_a_run_reads() -> None:
+def test_quality_key_covers_only_what_a_run_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     quality = _benchmark_module("quality")
     base = BENCHMARKS.parent / "params.yaml"
 
@@ -146,6 +146,10 @@ def test_quality_key_covers_only_what_a_run_reads() -> None:
     assert key("sssl") != key("sssl", "retrain.mixup_alpha=2")
     assert key("sssl") == key("sssl", "retrain.flag_threshold=0.45")  # trains on the noisy labels
     assert key("labelsieve") != key("labelsieve", "retrain.flag_threshold=0.45")
+    before = {method: key(method) for method in quality.METHODS}
+    monkeypatch.setattr(quality.purification, "RULE_VERSION", quality.purification.RULE_VERSION + 1)
+    changed = {method for method in quality.METHODS if key(method) != before[method]}
+    assert changed == {"dividemix", "smr", "grip", "labelsieve"}  # the runs that report purify's rule
 
 
 def test_quality_reuses_a_run_only_of_the_same_procedure(tmp_path: Path) -> None:

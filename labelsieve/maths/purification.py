@@ -37,6 +37,9 @@ KEEP, RELABEL, DROP = 0, 1, 2
 # τ: flag a label whose posterior probability of being wrong is at least this (docs/purification.md).
 WRONG_THRESHOLD = 0.4
 DECISION_NAMES = ("keep", "relabel", "drop")
+# Raised whenever a change to the rule changes its decisions: benchmarks/quality.py keys its runs by it.
+# 2: relabel by the posterior's top class when it is right with probability above 1 − τ.
+RULE_VERSION = 2
 
 
 @dataclass(frozen=True)
