@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from labelsieve.config import load_params
 from labelsieve.stages import STAGES
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -120,6 +121,26 @@ def test_quality_runs_reuses_and_reports_failures(tmp_path: Path) -> None:
     )
     assert "| sym50 | smr† | " in stale.stdout and "a purify rule older than the current ones" in stale.stdout
     assert (out / "sym50-smr.json").stat().st_mtime_ns == mtime
+
+
+@pytest.mark.integration
+def test_retrain_threshold_reproduces_a_kept_run_at_its_own_threshold(tmp_path: Path) -> None:
+    work, out = tmp_path / "work", tmp_path / "quality"
+    sets = [f"--set={item}" for item in TINY_QUALITY]
+    command = [sys.executable, str(BENCHMARKS / "quality.py"), "--out", str(out), "--work", str(work)]
+    subprocess.run(
+        [*command, "--noise", "sym50", "--methods", "labelsieve", *sets], check=True, capture_output=True
+    )
+    saved = json.loads((out / "sym50-labelsieve.json").read_text())
+    own = str(load_params(BENCHMARKS.parent / "params.yaml").retrain.flag_threshold)
+    study = tmp_path / "threshold.json"
+    script = [sys.executable, str(BENCHMARKS / "retrain_threshold.py"), str(work), "--out", str(study)]
+    subprocess.run([*script, "--thresholds", f"0.4,{own}", *sets], check=True, capture_output=True)
+    result = json.loads(study.read_text())["work/sym50-labelsieve"]
+    assert list(result) == ["0.4", own] and 0.0 < result["0.4"] <= 1.0
+    assert result[own] == saved["last_test_acc"]  # the same params rerun: the same network, bit for bit
+    assert not any(work.glob("tmp*"))  # the scratch copy is gone; the kept run is untouched
+    assert "| mean |" in study.with_suffix(".md").read_text()
 
 
 def test_quality_key_covers_only_what_a_run_reads(monkeypatch: pytest.MonkeyPatch) -> None:
