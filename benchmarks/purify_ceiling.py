@@ -143,6 +143,14 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def report(results: dict[str, Any], table_of: Callable[[dict[str, Any]], str], out: str | None) -> None:
+    """Print a study's Markdown table and, with `out`, write its results (JSON) and the table beside it."""
+    print(table_of(results), end="")
+    if out:
+        write_json(out, results)
+        write_text(Path(out).with_suffix(".md"), table_of(results))
+
+
 def run_on_kept(
     doc: str,
     measure_run: Callable[[Path, Path, Path], dict[str, Any]],
@@ -161,10 +169,7 @@ def run_on_kept(
             results[f"{work.name}/{run.name}"] = measure_run(run, work / "dataset", work / "params.yaml")
     if not results:
         raise SystemExit(f"no run with ssl/dynamics.npz under {', '.join(args.work)}")
-    print(table_of(results), end="")
-    if args.out:
-        write_json(args.out, results)
-        write_text(Path(args.out).with_suffix(".md"), table_of(results))
+    report(results, table_of, args.out)
 
 
 def main() -> None:

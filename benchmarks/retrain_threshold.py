@@ -23,8 +23,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks import quality  # noqa: E402
-from labelsieve.atomic import write_json, write_text  # noqa: E402
+from benchmarks import purify_ceiling, quality  # noqa: E402
 from labelsieve.engine.device import apply_threads  # noqa: E402
 from labelsieve.stages import STAGES  # noqa: E402
 
@@ -84,10 +83,7 @@ def main() -> None:
             }
     if not results:
         raise SystemExit(f"no labelsieve run with ssl/dynamics.npz under {', '.join(args.work)}")
-    print(table(results), end="")
-    if args.out:
-        write_json(args.out, results)
-        write_text(Path(args.out).with_suffix(".md"), table(results))
+    purify_ceiling.report(results, table, args.out)
 
 
 if __name__ == "__main__":
