@@ -83,6 +83,18 @@ def subset(data: TrainingData, rows: np.ndarray) -> TrainingData:
     )
 
 
+def cross_fit(data: TrainingData, params: Params) -> np.ndarray:
+    """(N, C) float64 out-of-sample softmax of every training sample (step 1 of the module docstring)."""
+    fold = stratified_folds(data.train_labels.cpu().numpy(), FOLDS, params.runtime.seed)
+    probs = np.zeros((len(fold), data.num_classes))
+    for k in range(FOLDS):
+        model, _ = train_ce(subset(data, np.flatnonzero(fold != k)), params, f"fold{k}")
+        held = np.flatnonzero(fold == k)
+        images = data.train_images[torch.from_numpy(held).to(data.train_images.device)]
+        probs[held] = F.softmax(loop.logits_on(model, images, data, params), dim=1).double().cpu().numpy()
+    return probs
+
+
 def run(params: Params, dataset: Path, run_dir: Path) -> dict[str, Any]:
     """The whole recipe on one noise setting; the figures `benchmarks/quality.py` records."""
     from cleanlab.count import estimate_py_and_noise_matrices_from_probabilities
@@ -95,14 +107,8 @@ def run(params: Params, dataset: Path, run_dir: Path) -> dict[str, Any]:
     data = TrainingData.load(dataset, labels_dir, resolve_device(params.runtime.device))
     given = data.train_labels.cpu().numpy()
     truth = data.train_true_labels.cpu().numpy()
-    fold = stratified_folds(given, FOLDS, params.runtime.seed)
-    probs = np.zeros((len(given), data.num_classes))
     began = time.perf_counter()
-    for k in range(FOLDS):
-        model, _ = train_ce(subset(data, np.flatnonzero(fold != k)), params, f"fold{k}")
-        held = np.flatnonzero(fold == k)
-        images = data.train_images[torch.from_numpy(held).to(data.train_images.device)]
-        probs[held] = F.softmax(loop.logits_on(model, images, data, params), dim=1).double().cpu().numpy()
+    probs = cross_fit(data, params)
     cross_fit_seconds = time.perf_counter() - began
     issues = find_label_issues(given, probs)
     quality = get_label_quality_scores(given, probs)
@@ -112,7 +118,7 @@ def run(params: Params, dataset: Path, run_dir: Path) -> dict[str, Any]:
     relabel = issues & (predicted != given)  # cleanlab flags; its argmax is the relabel it implies
     injected = noise.noise_matrix(truth, given, data.num_classes)
     began = time.perf_counter()
-    model, history = train_ce(subset(data, np.flatnonzero(~issues)), params, "retrain")
+    _, history = train_ce(subset(data, np.flatnonzero(~issues)), params, "retrain")
     best = loop.best_epoch(history)
     return {
         "final_stage": "cleanlab",

@@ -99,7 +99,8 @@ def params_read(resolved: dict[str, Any]) -> dict[str, Any]:
     stage with no epoch passes its input through, so only its `epochs` counts, and `retrain.flag_threshold`
     counts only when retrain trains on purified labels. Only a mixup warm-up reads `warmup.alpha`; other
     runs count it at its built-in default. A run with co-trained or GRIP networks reports purify's
-    decisions, so it also counts the rule's version (`purification.RULE_VERSION`).
+    decisions, so it also counts the rule's version (`purification.RULE_VERSION`) and, without SSL epochs,
+    that the rule unmixes the networks' probabilities (`probs_from="noisy_labels"`).
     """
     read = copy.deepcopy(resolved)
     if read["ssl_train"]["epochs"] == 0:
@@ -113,6 +114,8 @@ def params_read(resolved: dict[str, Any]) -> dict[str, Any]:
         read["warmup"]["alpha"] = WarmupConfig().alpha
     if read["ssl_train"]["epochs"] > 0 or read["group_regularize"]["epochs"] > 0:
         read["purify_rule"] = purification.RULE_VERSION
+        if read["ssl_train"]["epochs"] == 0:  # networks fitted to the given labels: their probs are unmixed
+            read["purify_probs_from"] = "noisy_labels"
     return read
 
 

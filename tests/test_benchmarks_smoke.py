@@ -172,6 +172,12 @@ def test_quality_key_covers_only_what_a_run_reads(monkeypatch: pytest.MonkeyPatc
     changed = {method for method in quality.METHODS if key(method) != before[method]}
     assert changed == {"dividemix", "smr", "grip", "labelsieve"}  # the runs that report purify's rule
 
+    def reads(method: str) -> dict:
+        return quality.params_read(quality.method_params(base, method, "sym50", []).to_dict())
+
+    unmixed = {method for method in quality.METHODS if "purify_probs_from" in reads(method)}
+    assert unmixed == {"grip"}  # purify unmixes only the probabilities of networks fitted to the given labels
+
 
 def test_quality_reuses_a_run_only_of_the_same_procedure(tmp_path: Path) -> None:
     quality = _benchmark_module("quality")
@@ -384,6 +390,35 @@ def test_relabel_gates_by_hand() -> None:
         "noise_left": 0.4,
         "labelled_fraction": 1.0,
     }
+
+
+def test_noisy_label_probs_figures_by_hand() -> None:
+    study = _benchmark_module("noisy_label_probs")
+    # Samples 0 to 3 are kept (sample 1 wrongly), 4 relabelled rightly, 5 relabelled wrongly, 6 dropped.
+    truth = np.array([0, 1, 1, 0, 1, 0, 1])
+    given = np.array([0, 0, 1, 0, 0, 1, 0])  # noisy: 1, 4, 5, 6
+    decision = np.array([0, 0, 0, 0, 1, 1, 2])
+    new_labels = np.array([0, 0, 1, 0, 1, 1, -1])
+    score = np.array([0.1, 0.2, 0.0, 0.3, 0.9, 0.8, 0.7])  # ranks the noisy 1 below the clean 3: AUROC 11/12
+    figures = study.figures(decision, new_labels, score, given, truth)
+    assert figures == pytest.approx(
+        {  # flags 4, 5, 6: precision 1, recall 3/4
+            "f1": 6 / 7,
+            "auroc": 11 / 12,
+            "relabelled": 2 / 7,
+            "relabel_accuracy": 0.5,
+            "dropped": 1 / 7,
+            "noise_left": 2 / 6,
+        }
+    )
+    # Every variant decides every sample; the API's default unmixes, `robust` reads the probabilities as
+    # they are: on the two-class hand case of tests/maths/test_purification.py T̂ is not identifiable,
+    # so both give the same decisions.
+    labels = np.array([0, 0, 1, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.3, 0.7], [0.8, 0.2]])
+    decided = study.decisions(labels, probs)
+    assert set(decided) == set(study.VARIANTS)
+    assert decided["noisy_labels"][0].tolist() == decided["robust"][0].tolist() == [0, 1, 0, 0, 1]
 
 
 def test_division_probe_variant_syntax() -> None:

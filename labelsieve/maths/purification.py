@@ -7,15 +7,22 @@ This is both the `purify` stage's rule and the in-memory API for people who alre
    stage averages the co-trained networks' predictions over training with their final ones; a user may
    pass out-of-sample ones) estimates the noise matrix T̂[i, j] = P(ỹ = i | y* = j)
    (`labelsieve.maths.confident`).
-2. Bayes' rule, with `pred_probs` as the belief about the true class and T̂ as the likelihood of the
-   given label, gives each sample's posterior over its true class:
+2. The belief about the true class, P(y* | x). Probabilities from noise-robust training (the co-trained
+   networks; `probs_from="robust"`) are used as they are. A model fitted to the given labels with a plain
+   loss (k-fold cross-validation, cleanlab's setting; `probs_from="noisy_labels"`) learns the noisy
+   conditional P(ỹ | x) = T P(y* | x) instead, so its probabilities are unmixed first (`unmix`).
+   Read as the truth, they would count the noise twice: at 80% symmetric noise no label looks right.
+   Unmixing needs a T̂ in which every true class keeps its label more often than it loses it to any one
+   other class (`identifiable`); where the estimate breaks that, the probabilities are used as they are.
+3. Bayes' rule, with that belief and T̂ as the likelihood of the given label, gives each sample's posterior
+   over its true class:
    P(y* = j | x, ỹ) = p_j T̂[ỹ, j] / Σ_k p_k T̂[ỹ, k].
    The score is the probability that the given label is wrong, P(y* ≠ ỹ | x, ỹ) = 1 − P(y* = ỹ | x, ỹ).
    Under symmetric noise it orders the samples by p_ỹ; under a class swap it weighs the swap's source
    class; in a class that nothing flips into (T̂[ỹ, j] ≈ 0 for j ≠ ỹ) it is ≈ 0, so the class stays clean.
-3. Flag every sample whose score is at least τ (`threshold`, default `WRONG_THRESHOLD`). τ < 1/2 says
+4. Flag every sample whose score is at least τ (`threshold`, default `WRONG_THRESHOLD`). τ < 1/2 says
    that keeping a wrong label costs more than losing a right one: (1 − τ)/τ = 1.5 times at τ = 0.4.
-4. A flagged sample is relabelled to the posterior's top class ŷ when P(y* = ŷ | x, ỹ) > 1 − τ, else
+5. A flagged sample is relabelled to the posterior's top class ŷ when P(y* = ŷ | x, ỹ) > 1 − τ, else
    dropped. The same τ then bounds every label the dataset keeps or gives: each is wrong with posterior
    probability below τ. A flagged sample's own label has P(y* = ỹ | x, ỹ) ≤ 1 − τ, so ŷ ≠ ỹ whenever
    the gate passes.
@@ -37,6 +44,8 @@ KEEP, RELABEL, DROP = 0, 1, 2
 # τ: flag a label whose posterior probability of being wrong is at least this (docs/purification.md).
 WRONG_THRESHOLD = 0.4
 DECISION_NAMES = ("keep", "relabel", "drop")
+# What `pred_probs` estimate: the given label of a model fitted to it, or the true class (step 2).
+PROBS_FROM = ("noisy_labels", "robust")
 # Raised whenever a change to the rule changes its decisions: benchmarks/quality.py keys its runs by it.
 # 2: relabel by the posterior's top class when it is right with probability above 1 − τ.
 RULE_VERSION = 2
@@ -50,6 +59,7 @@ class Purification:
     new_labels: np.ndarray  # (N,) int64: ỹ if kept, ŷ if relabelled, -1 if dropped
     scores: dict[str, np.ndarray]  # (N,) each; see `find_label_issues`
     noise: confident.NoiseEstimate
+    unmixed: bool = False  # the belief was unmixed from P(ỹ | x) (step 2)
 
 
 class Posterior(NamedTuple):
@@ -69,6 +79,36 @@ def margins(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
         own = p[rows_of[rows] - rows.start, labels[rows]]
         p[rows_of[rows] - rows.start, labels[rows]] = -np.inf
         out[rows] = own - p.max(axis=1)
+    return out
+
+
+def identifiable(noise_matrix: np.ndarray) -> bool:
+    """Whether every column of T[i, j] = P(ỹ = i | y* = j) has its diagonal above each off-diagonal entry.
+
+    The condition under which a swap can be told from a class's own label: a class that is labelled as
+    another more often than as itself (an estimated swap at 50% or beyond) cannot be unmixed.
+    """
+    diagonal = np.diagonal(noise_matrix)
+    off = np.where(np.eye(len(diagonal), dtype=bool), -np.inf, noise_matrix)
+    return bool(np.all(diagonal > off.max(axis=0)))
+
+
+def unmix(probs: np.ndarray, noise_matrix: np.ndarray) -> np.ndarray:
+    """(N, C) float64 P(y* | x) from a noisy-label model's P(ỹ | x) = T P(y* | x), in chunks of rows.
+
+    Each row is q T⁺ᵀ (T⁺ the pseudo-inverse, T itself when T is invertible), clipped at 0 and
+    renormalised: the columns of T sum to 1, so before clipping a row already sums to 1. A row that the
+    clipping empties (possible only for a singular T) keeps `probs`' row.
+    """
+    inverse_t = np.linalg.pinv(noise_matrix).T
+    out = np.empty(probs.shape, dtype=np.float64)
+    for rows in chunks.row_chunks(len(probs), probs.shape[1]):
+        given = np.asarray(probs[rows], dtype=np.float64)
+        belief = np.clip(given @ inverse_t, 0.0, None)
+        total = belief.sum(axis=1, keepdims=True)
+        empty = total[:, 0] <= 0
+        belief[empty], total[empty] = given[empty], given[empty].sum(axis=1, keepdims=True)
+        out[rows] = belief / total
     return out
 
 
@@ -114,7 +154,7 @@ def decide(
     confidence: np.ndarray,
     threshold: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Steps 3 and 4 of the rule: flag at τ = `threshold`, then relabel or drop each flagged sample.
+    """Steps 4 and 5 of the rule: flag at τ = `threshold`, then relabel or drop each flagged sample.
 
     Args:
         labels: (N,) given labels ỹ.
@@ -136,7 +176,11 @@ def decide(
 
 
 def find_label_issues(
-    labels: np.ndarray, pred_probs: np.ndarray, *, threshold: float = WRONG_THRESHOLD
+    labels: np.ndarray,
+    pred_probs: np.ndarray,
+    *,
+    threshold: float = WRONG_THRESHOLD,
+    probs_from: str = "noisy_labels",
 ) -> Purification:
     """Score, flag and decide every sample (the module docstring's rule).
 
@@ -146,15 +190,22 @@ def find_label_issues(
             sample (k-fold). Drive the noise estimate, the ranking and the relabel target.
         threshold: τ in (0, 1): flag a sample whose label is wrong with at least this probability, and
             relabel it only to a class that is right with probability above 1 − τ.
+        probs_from: ``noisy_labels`` when a model fitted to the given labels with a plain loss made
+            `pred_probs` (k-fold cross-validation); ``robust`` when noise-robust training made them (the
+            `purify` stage's co-trained networks). Step 2 of the module docstring.
 
     Returns:
         `Purification`; its scores: ``noise_score`` (P(y* ≠ ỹ | x, ỹ)), ``self_confidence``
         (p_ỹ of `pred_probs`), ``predicted`` (ŷ, the posterior's top class) and ``confidence``
         (P(y* = ŷ | x, ỹ)).
     """
+    if probs_from not in PROBS_FROM:
+        raise ValueError(f"probs_from must be one of {', '.join(PROBS_FROM)}; got {probs_from!r}")
     labels = np.asarray(labels, dtype=np.int64)
     noise = confident.estimate(labels, pred_probs)
-    post = posterior(labels, pred_probs, noise.noise_matrix)
+    unmixed = probs_from == "noisy_labels" and identifiable(noise.noise_matrix)
+    belief = unmix(pred_probs, noise.noise_matrix) if unmixed else pred_probs
+    post = posterior(labels, belief, noise.noise_matrix)
     decision, new_labels = decide(labels, post.wrong, post.best, post.best_prob, threshold)
     own = np.take_along_axis(np.asarray(pred_probs), labels[:, None], axis=1)[:, 0]
     scores = {
@@ -163,4 +214,4 @@ def find_label_issues(
         "predicted": post.best,
         "confidence": post.best_prob,
     }
-    return Purification(decision, new_labels, scores, noise)
+    return Purification(decision, new_labels, scores, noise, unmixed)

@@ -8,8 +8,10 @@ posterior over its true class. A sample is flagged when its given label is wrong
 least τ = `purify.flag_threshold`; a flagged sample is relabelled to its most probable true class when
 that class is right with probability above 1 − τ, else dropped.
 The final networks are `ssl_train`'s (`purify.relabel_from: ssl`, measured better) or GRIP's. Without SSL
-epochs (the `grip` preset) the final probabilities stand alone. GRIP's JS divergences, the last
-co-divide's clean probability and the training-dynamics margin are reported beside the decision.
+epochs (the `grip` preset) every network was fitted to the given labels, so the rule unmixes their
+probabilities first (`probs_from="noisy_labels"`; docs/purification.md). GRIP's JS
+divergences, the last co-divide's clean probability and the training-dynamics margin are reported beside
+the decision.
 
 Outputs:
 - ``scores.npz``: every per-sample score as numbers (`SCORE_FILE_FIELDS`), for `evaluate` and users;
@@ -102,13 +104,16 @@ def purify(
     """
     given = labels.cpu().numpy()
     final_np = final.double().cpu().numpy()
+    threshold = params.purify.flag_threshold
+    # Without SSL epochs every network was fitted to the given labels (warm-up CE, GRIP): P(ỹ | x).
+    probs_from = "noisy_labels" if params.ssl_train.epochs == 0 else "robust"
     if dynamics is None:
-        result = purification.find_label_issues(given, final_np, threshold=params.purify.flag_threshold)
+        result = purification.find_label_issues(given, final_np, threshold=threshold, probs_from=probs_from)
     else:
         source = "held_out_probs" if params.purify.pred_probs == "held_out" else "probs"
         averaged = dynamics[source].astype(np.float64) + final_np  # one (N, C) temporary, halved in place
         averaged /= 2.0
-        result = purification.find_label_issues(given, averaged, threshold=params.purify.flag_threshold)
+        result = purification.find_label_issues(given, averaged, threshold=threshold, probs_from=probs_from)
         result.scores["dynamics_margin"] = dynamics["margin"].astype(np.float64, copy=False)
     result.scores["js_given"] = js_given(final, soft_labels, labels)
     return result
@@ -140,6 +145,7 @@ def summarise(
             "noise_rates": dict(zip(classes, np.round(estimate.noise_rates, 6).tolist(), strict=True)),
             "noise_matrix": np.round(estimate.noise_matrix, 6).tolist(),
             "convention": "noise_matrix[i][j] = P(given label i | true class j); columns sum to 1",
+            "probs_unmixed": result.unmixed,
         },
     }
     if data.train_true_labels is None:

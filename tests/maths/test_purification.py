@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
+import torch
 
 import labelsieve
-from labelsieve.config import PurifyConfig
+from labelsieve.config import PurifyConfig, load_params
 from labelsieve.maths import chunks
 from labelsieve.maths.purification import (
     DROP,
@@ -14,9 +15,12 @@ from labelsieve.maths.purification import (
     decide,
     find_label_issues,
     flag_top,
+    identifiable,
     margins,
     posterior,
+    unmix,
 )
+from labelsieve.stages import purify as purify_stage
 
 
 def test_hand_case_posteriors_flags_and_relabels():
@@ -28,7 +32,7 @@ def test_hand_case_posteriors_flags_and_relabels():
     # τ = 0.4 flags samples 1 (wrong 8/11) and 4 (3/4); both top classes pass 1 − τ = 0.6: relabelled.
     labels = np.array([0, 0, 1, 1, 1])
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.3, 0.7], [0.8, 0.2]])
-    result = find_label_issues(labels, probs)
+    result = find_label_issues(labels, probs, probs_from="robust")
     np.testing.assert_allclose(result.noise.noise_matrix, [[1 / 2, 1 / 3], [1 / 2, 2 / 3]])
     np.testing.assert_allclose(result.scores["noise_score"], [2 / 29, 8 / 11, 1 / 13, 9 / 37, 3 / 4])
     assert result.scores["predicted"].tolist() == [0, 1, 1, 1, 0]
@@ -37,14 +41,20 @@ def test_hand_case_posteriors_flags_and_relabels():
     assert result.new_labels.tolist() == [0, 1, 1, 1, 0]
     # τ = 0.24 also flags sample 3 (9/37 ≈ 0.243), whose top class is its own label: dropped. Samples 1
     # and 4 must now be right with probability above 0.76; 8/11 and 3/4 are not: dropped too.
-    assert find_label_issues(labels, probs, threshold=0.24).decision.tolist() == [
+    assert find_label_issues(labels, probs, threshold=0.24, probs_from="robust").decision.tolist() == [
         KEEP,
         DROP,
         KEEP,
         DROP,
         DROP,
     ]
-    assert find_label_issues(labels, probs, threshold=0.25).decision[3] == KEEP  # τ is inclusive
+    assert (
+        find_label_issues(labels, probs, threshold=0.25, probs_from="robust").decision[3] == KEEP
+    )  # inclusive
+    # Column 0 of T̂ has 1/2 on and off its diagonal: not identifiable, so noisy-label probabilities are
+    # read as they are and give the same decisions.
+    unmixable = find_label_issues(labels, probs)
+    assert not unmixable.unmixed and unmixable.decision.tolist() == result.decision.tolist()
     assert PurifyConfig().flag_threshold == WRONG_THRESHOLD  # the stage's default is the API's
     assert labelsieve.find_label_issues is find_label_issues  # the package's API is the stage's rule
 
@@ -82,11 +92,74 @@ def test_a_class_estimated_clean_has_nothing_flagged():
     # Class 1 carries 40 samples of class 0.
     wrong = np.flatnonzero(labels == 1)[rng.permutation(200)[:40]]
     probs[wrong] = [0.9, 0.05, 0.05]
-    result = find_label_issues(labels, probs)
+    result = find_label_issues(labels, probs, probs_from="robust")
     assert result.noise.noise_rates[2] == 0.0 and result.noise.noise_rates[0] == 0.0
     assert not (result.decision[labels != 1] != KEEP).any()
     assert set(np.flatnonzero(result.decision != KEEP)) == set(wrong)
     assert (result.new_labels[wrong] == 0).all()
+
+
+def test_unmix_inverts_the_noise_matrix_by_hand_and_clips():
+    noise_matrix = np.array([[0.8, 0.3], [0.2, 0.7]])  # T⁻¹ = [[1.4, -0.6], [-0.4, 1.6]]
+    # (0.75, 0.25) = T (0.9, 0.1) comes back as (0.9, 0.1); (0.9, 0.1) gives (1.2, -0.2), clipped: (1, 0).
+    np.testing.assert_allclose(
+        unmix(np.array([[0.75, 0.25], [0.9, 0.1]]), noise_matrix), [[0.9, 0.1], [1, 0]]
+    )
+
+
+def test_unmix_recovers_the_true_class_probabilities_across_chunks():
+    rng = np.random.default_rng(3)
+    n, c = chunks.CHUNK_VALUES // 4 + 7, 4  # more than one chunk
+    noise_matrix = 0.5 * np.eye(c) + 0.5 * rng.dirichlet(np.ones(c), size=c).T  # columns sum to 1
+    truth = rng.dirichlet(np.ones(c), size=n)
+    np.testing.assert_allclose(unmix(truth @ noise_matrix.T, noise_matrix), truth, rtol=0, atol=1e-12)
+
+
+def test_identifiable_needs_every_diagonal_above_its_column():
+    assert identifiable(np.array([[0.6, 0.4], [0.4, 0.6]]))
+    assert not identifiable(np.array([[0.5, 0.4], [0.5, 0.6]]))  # class 0 is labelled 1 as often as 0
+    assert not identifiable(np.array([[0.38, 0.48], [0.62, 0.52]]))  # an estimated swap beyond 50%
+
+
+def _noisy_model_at_sixty_percent() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(given, truth, probs, T): 4 classes, 60% symmetric noise; each true class keeps 4 of 10 labels and
+    gives 2 to each other class. A model fitted to those labels predicts the noisy conditional
+    q = T[:, y*]: 0.4 on the true class, 0.2 elsewhere."""
+    c, keep = 4, 4
+    truth = np.repeat(np.arange(c), 10)
+    given = truth.copy()
+    for y in range(c):
+        given[np.flatnonzero(truth == y)[keep:]] = [j for j in range(c) if j != y for _ in range(2)]
+    noise_matrix = np.full((c, c), 0.2) + 0.2 * np.eye(c)
+    return given, truth, noise_matrix[:, truth].T, noise_matrix
+
+
+def test_noisy_label_probabilities_are_unmixed_instead_of_counting_the_noise_twice():
+    given, truth, probs, noise_matrix = _noisy_model_at_sixty_percent()
+    # Confident learning recovers T exactly (t_j = 0.28: only the true class passes its threshold).
+    unmixed = find_label_issues(given, probs)
+    assert unmixed.unmixed
+    np.testing.assert_allclose(unmixed.noise.noise_matrix, noise_matrix)
+    # Unmixed, the belief is one-hot on the true class: clean labels kept, every wrong one relabelled right.
+    assert (unmixed.decision[given == truth] == KEEP).all()
+    assert (unmixed.decision[given != truth] == RELABEL).all()
+    np.testing.assert_array_equal(unmixed.new_labels, truth)
+    # Read as the truth, q counts the noise twice: a clean label is wrong with posterior
+    # 1 - 0.16 / (0.16 + 3 · 0.04) = 3/7 ≥ τ, and no class clears the gate. Everything is dropped.
+    read_as_truth = find_label_issues(given, probs, probs_from="robust")
+    np.testing.assert_allclose(read_as_truth.scores["noise_score"][given == truth], 3 / 7)
+    assert (read_as_truth.decision == DROP).all()
+
+
+def test_the_stage_unmixes_only_when_no_ssl_epoch_trained_the_networks():
+    given, _, probs, _ = _noisy_model_at_sixty_percent()
+    labels, final = torch.from_numpy(given), torch.from_numpy(probs)
+    soft_labels, dynamics = torch.eye(4)[None], {"probs": probs, "margin": np.zeros(len(given))}
+    without_ssl = load_params(None, presets=["grip"])  # warm-up CE, then GRIP: all fitted to the given labels
+    assert purify_stage.purify(labels, final, soft_labels, dynamics, without_ssl).unmixed
+    assert not purify_stage.purify(
+        labels, final, soft_labels, dynamics, load_params(None)
+    ).unmixed  # co-trained
 
 
 def test_margins_match_a_float64_reference_across_chunks():
@@ -131,3 +204,5 @@ def test_bad_shapes_are_refused():
         find_label_issues(np.array([0, 2]), np.ones((2, 2)) / 2)
     with pytest.raises(ValueError, match="threshold must lie"):
         find_label_issues(np.array([0, 1]), np.ones((2, 2)) / 2, threshold=1.0)
+    with pytest.raises(ValueError, match="probs_from must be one of noisy_labels, robust; got 'cv'"):
+        find_label_issues(np.array([0, 1]), np.ones((2, 2)) / 2, probs_from="cv")

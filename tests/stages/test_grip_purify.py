@@ -133,6 +133,7 @@ def test_purify_writes_numeric_scores_matching_the_manifest_and_a_noise_estimate
     truth = np.array(estimate["injected_noise_matrix"])
     assert estimate["noise_matrix_mae"] == pytest.approx(np.abs(matrix - truth).mean(), abs=1e-5)
     assert estimate["noise_matrix_mae"] < 0.05
+    assert estimate["probs_unmixed"] is False  # the co-trained networks' probabilities are used as they are
 
 
 def test_purify_sees_a_class_swap_that_leaves_other_classes_clean(tmp_path):
