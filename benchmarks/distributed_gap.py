@@ -30,7 +30,7 @@ from labelsieve.stages import STAGES  # noqa: E402
 from tests.conftest import TINY_PIPELINE  # noqa: E402
 
 WORKER = ROOT / "tests" / "engine" / "ddp_worker.py"
-OVERRIDES = (*TINY_PIPELINE, "warmup.epochs=2", "ssl_train.epochs=2")
+OVERRIDES = (*TINY_PIPELINE, "warmup.epochs=2", "ssl_train.epochs=2", "runtime.precision=fp32")
 CHAIN = ("warmup", "co_divide", "ssl_train", "group_regularize", "purify", "retrain")
 
 
