@@ -27,6 +27,8 @@ from labelsieve.maths import chunks
 
 # p_j ≥ t_j is tested with this slack: the mean of equal probabilities can round to just above each of them.
 THRESHOLD_SLACK = 1e-6
+# A row of probabilities may sum to 1 within this: a float16 softmax over many classes rounds this far.
+ROW_SUM_TOLERANCE = 0.01
 
 
 @dataclass(frozen=True)
@@ -46,20 +48,56 @@ class NoiseEstimate:
         return np.rint(self.noise_rates * self.label_counts).astype(np.int64)
 
 
-def _check(labels: np.ndarray, probs: np.ndarray) -> int:
+def check_inputs(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 labels, probs as an array), refusing what is not class indices and per-row probabilities.
+
+    Labels must be integers (or whole-valued floats) in [0, C). Each row of probs must be finite, in
+    [0, 1] and sum to 1 within `ROW_SUM_TOLERANCE`: logits, log-probabilities and unnormalised scores are
+    refused with the first offending row named, instead of giving confident-looking wrong answers.
+    """
+    labels, probs = np.asarray(labels), np.asarray(probs)
     if probs.ndim != 2 or labels.shape != (probs.shape[0],):
         raise ValueError(f"probs must be (N, C) and labels (N,); got {probs.shape} and {labels.shape}")
+    if not (np.issubdtype(probs.dtype, np.floating) or np.issubdtype(probs.dtype, np.integer)):
+        raise ValueError(f"probs must be real numbers, got dtype {probs.dtype}")
+    if np.issubdtype(labels.dtype, np.floating):
+        fractional = np.flatnonzero(labels != np.round(labels))
+        if fractional.size:
+            i = fractional[0]
+            raise ValueError(f"labels must be whole class indices; labels[{i}] is {labels[i]}")
+    elif not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+        raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    labels = labels.astype(np.int64)
     num_classes = probs.shape[1]
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
-    if not np.isfinite(probs).all():
-        raise ValueError("probs contain NaN or inf")
-    return num_classes
+    for rows in chunks.row_chunks(len(probs), num_classes):
+        block = np.asarray(probs[rows], dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
+        if bad.size:
+            raise ValueError(f"probs contain NaN or inf (row {rows.start + bad[0]})")
+        bad = np.flatnonzero(block.min(axis=1) < 0)
+        if bad.size:
+            row = rows.start + bad[0]
+            raise ValueError(
+                f"probs row {row} has a negative entry ({block[bad[0]].min():.4g}): "
+                "pass probabilities (a softmax), not logits or log-probabilities"
+            )
+        sums = block.sum(axis=1)
+        bad = np.flatnonzero(np.abs(sums - 1.0) > ROW_SUM_TOLERANCE)
+        if bad.size:
+            row = rows.start + bad[0]
+            raise ValueError(
+                f"probs row {row} sums to {sums[bad[0]]:.4g}, not 1: "
+                "pass probabilities (a softmax), not logits or unnormalised scores"
+            )
+    return labels, probs
 
 
 def thresholds(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """(C,) t_j = mean p_j over the samples labelled j; a class with no sample gets 1 (nothing passes it)."""
-    num_classes = _check(labels, probs)
+    labels, probs = check_inputs(labels, probs)
+    num_classes = probs.shape[1]
     own = np.take_along_axis(probs, labels[:, None], axis=1)[:, 0]
     sums = np.bincount(labels, weights=own, minlength=num_classes)
     counts = np.bincount(labels, minlength=num_classes)
@@ -78,7 +116,8 @@ def confident_class(probs: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 def confident_joint(labels: np.ndarray, probs: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
     """(C, C) int64 counts C[i, j] (module docstring, step 2), diagonal clipped to at least 1."""
-    num_classes = _check(labels, probs)
+    labels, probs = check_inputs(labels, probs)
+    num_classes = probs.shape[1]
     t = thresholds(labels, probs) if t is None else t
     guess = confident_class(probs, t)
     counted = guess >= 0
@@ -98,9 +137,8 @@ def calibrate(joint: np.ndarray, label_counts: np.ndarray) -> np.ndarray:
 
 def estimate(labels: np.ndarray, probs: np.ndarray) -> NoiseEstimate:
     """Every confident-learning estimate from given labels (N,) and predicted probabilities (N, C)."""
-    labels = np.asarray(labels, dtype=np.int64)
-    probs = np.asarray(probs)
-    num_classes = _check(labels, probs)
+    labels, probs = check_inputs(labels, probs)
+    num_classes = probs.shape[1]
     t = thresholds(labels, probs)
     counts = np.bincount(labels, minlength=num_classes)
     cj = confident_joint(labels, probs, t)

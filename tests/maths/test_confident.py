@@ -79,3 +79,31 @@ def test_bad_inputs_are_refused():
         confident.estimate(np.array([0, 1]), np.array([[np.nan, 1.0], [0.5, 0.5]]))
     with pytest.raises(ValueError, match=r"\(N, C\)"):
         confident.estimate(np.array([0, 1, 1]), np.ones((2, 2)))
+
+
+def test_logits_scores_and_fractional_labels_are_refused_naming_the_row():
+    labels, probs, _ = noisy_predictions(0, n=10, c=3)
+    logits = np.log(probs)
+    with pytest.raises(ValueError, match=r"probs row 0 has a negative entry .*not logits"):
+        confident.estimate(labels, logits)
+    scores = probs.copy()
+    scores[7] *= 2.0
+    with pytest.raises(ValueError, match=r"probs row 7 sums to 2, not 1"):
+        confident.estimate(labels, scores)
+    halves = labels.astype(np.float64)
+    halves[4] = 0.5
+    with pytest.raises(ValueError, match=r"labels\[4\] is 0.5"):
+        confident.estimate(halves, probs)
+    with pytest.raises(ValueError, match="integer class indices, got dtype <U1"):
+        confident.estimate(np.array(list("abcabcabca")), probs)
+    with pytest.raises(ValueError, match="real numbers"):
+        confident.estimate(labels, probs.astype(object))
+
+
+def test_whole_float_labels_and_rounded_rows_are_accepted():
+    labels, probs, _ = noisy_predictions(1, n=50, c=4)
+    rounded = probs.astype(np.float16)  # rows sum to 1 within float16 rounding
+    expected = confident.estimate(labels, probs.astype(np.float16).astype(np.float64))
+    got = confident.estimate(labels.astype(np.float32), rounded)
+    np.testing.assert_array_equal(got.confident_joint, expected.confident_joint)
+    np.testing.assert_allclose(got.noise_matrix, expected.noise_matrix, rtol=0, atol=1e-12)

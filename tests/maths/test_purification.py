@@ -206,3 +206,7 @@ def test_bad_shapes_are_refused():
         find_label_issues(np.array([0, 1]), np.ones((2, 2)) / 2, threshold=1.0)
     with pytest.raises(ValueError, match="probs_from must be one of noisy_labels, robust; got 'cv'"):
         find_label_issues(np.array([0, 1]), np.ones((2, 2)) / 2, probs_from="cv")
+    with pytest.raises(ValueError, match="not logits"):
+        find_label_issues(np.array([0, 1]), np.log(np.ones((2, 2)) / 4))
+    with pytest.raises(ValueError, match=r"labels\[1\] is 1.5"):
+        find_label_issues(np.array([0.0, 1.5]), np.ones((2, 2)) / 2)
