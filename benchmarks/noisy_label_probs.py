@@ -21,6 +21,11 @@ Fashion-MNIST tuning slice (`benchmarks/tuning_slice.py`), never the benchmark's
     uv run python benchmarks/noisy_label_probs.py --data digits --seeds 0,1,2
     uv run python benchmarks/noisy_label_probs.py --data /tmp/fm-tune/manifest.csv --noise sym50,asym40,sym80
 
+Each run also decides with `noisy_labels` under other noise matrices in place of confident learning's T̂,
+to see how much a better estimate could give (``estimators`` in the JSON, the second table): the anchor-point
+estimate (Patrini et al., CVPR 2017: column j is the predicted distribution of the sample at the 97th
+percentile of p_j) and the injected matrix, which no real run knows.
+
 `--runs` instead reads kept runs of `quality.py --work W` (the `grip` preset: warm-up CE, then GRIP, no
 SSL epoch) and decides on the probabilities the `purify` stage read there (`purified/labels.npz`'s
 ``train_probs`` averaged with ``ssl/dynamics.npz``), `noisy_labels` against `robust`:
@@ -49,7 +54,8 @@ from labelsieve.atomic import write_json, write_text  # noqa: E402
 from labelsieve.config import Params, load_params  # noqa: E402
 from labelsieve.engine.device import resolve_device  # noqa: E402
 from labelsieve.engine.resident import TrainingData  # noqa: E402
-from labelsieve.maths import metrics, purification  # noqa: E402
+from labelsieve.maths import confident, metrics, purification  # noqa: E402
+from labelsieve.maths.noise import noise_matrix  # noqa: E402
 from labelsieve.stages import ingest, inject_noise  # noqa: E402
 
 DIGIT_SWAPS = "{'1': '7', '7': '1', '3': '8', '8': '3', '5': '6', '6': '5', '4': '9', '9': '4'}"
@@ -63,6 +69,8 @@ DIGITS_NOISE = {
     ],
 }
 VARIANTS = ("noisy_labels", "robust", "cleanlab")
+ESTIMATORS = ("confident_learning", "anchor_97", "injected")
+ANCHOR_PERCENTILE = 97.0
 RESULTS = REPO / "benchmarks" / "results" / "noisy_label_probs.json"
 
 
@@ -129,6 +137,36 @@ def decisions(
     return out
 
 
+def anchor_matrix(probs: np.ndarray, percentile: float = ANCHOR_PERCENTILE) -> np.ndarray:
+    """(C, C) T̂ with column j the probabilities of the sample at the `percentile` of p_j (an anchor of j)."""
+    columns = []
+    for j in range(probs.shape[1]):
+        above = np.flatnonzero(probs[:, j] >= np.percentile(probs[:, j], percentile))
+        columns.append(probs[above[np.argmin(probs[above, j])]])
+    matrix = np.stack(columns, axis=1)
+    return matrix / matrix.sum(axis=0, keepdims=True)
+
+
+def estimator_figures(given: np.ndarray, truth: np.ndarray, probs: np.ndarray) -> dict[str, dict[str, float]]:
+    """Per matrix of `ESTIMATORS`: the `noisy_labels` rule's figures with it, and its MAE to the truth."""
+    injected = noise_matrix(truth, given, probs.shape[1])
+    matrices = {
+        "confident_learning": confident.estimate(given, probs).noise_matrix,
+        "anchor_97": anchor_matrix(probs),
+        "injected": injected,
+    }
+    out = {}
+    for name, matrix in matrices.items():
+        belief = purification.unmix(probs, matrix) if purification.identifiable(matrix) else probs
+        post = purification.posterior(given, belief, matrix)
+        decision, new_labels = purification.decide(
+            given, post.wrong, post.best, post.best_prob, purification.WRONG_THRESHOLD
+        )
+        row = figures(decision, new_labels, post.wrong, given, truth)
+        out[name] = {"f1": row["f1"], "auroc": row["auroc"], "mae": float(np.abs(matrix - injected).mean())}
+    return out
+
+
 def figures(
     decision: np.ndarray, new_labels: np.ndarray, score: np.ndarray, given: np.ndarray, truth: np.ndarray
 ) -> dict[str, float | None]:
@@ -162,6 +200,23 @@ def table(runs: list[dict[str, Any]]) -> str:
                 means.append(f"{np.mean(values):.3f}" if values else "")
             name = Path(data).parent.name if data != "digits" else data
             lines.append(f"| {name} | {noise} | {variant} | {len(group)} | " + " | ".join(means) + " |")
+    lines += [
+        "",
+        "| data | noise | seeds | " + " | ".join(f"{e} F1 / AUROC / MAE" for e in ESTIMATORS) + " |",
+    ]
+    lines.append("|---" * (len(ESTIMATORS) + 3) + "|")
+    for data, noise in cells:
+        group = [
+            r["estimators"] for r in runs if (r["data"], r["noise"]) == (data, noise) and "estimators" in r
+        ]
+        if not group:
+            continue
+        cols = [
+            " / ".join(f"{np.mean([g[e][k] for g in group]):.3f}" for k in ("f1", "auroc", "mae"))
+            for e in ESTIMATORS
+        ]
+        name = Path(data).parent.name if data != "digits" else data
+        lines.append(f"| {name} | {noise} | {len(group)} | " + " | ".join(cols) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -208,6 +263,7 @@ def main() -> None:
             for variant, (decision, new_labels, score) in decisions(given, probs).items():
                 run[variant] = figures(decision, new_labels, score, given, truth)
             run["unmixed"] = purification.find_label_issues(given, probs).unmixed
+            run["estimators"] = estimator_figures(given, truth, probs)
             runs = [r for r in runs if (r["data"], r["noise"], r["seed"]) != (args.data, noise, seed)] + [run]
             write_json(out, {"runs": runs})
             print(json.dumps(run), flush=True)

@@ -421,6 +421,23 @@ def test_noisy_label_probs_figures_by_hand() -> None:
     assert decided["noisy_labels"][0].tolist() == decided["robust"][0].tolist() == [0, 1, 0, 0, 1]
 
 
+def test_noisy_label_probs_anchor_matrix_and_estimators_by_hand() -> None:
+    study = _benchmark_module("noisy_label_probs")
+    # 100 samples; p_0 runs 0.00..0.99 and p_1 = 1 - p_0 runs 0.01..1.00. The 97th percentiles are 0.9603
+    # and 0.9703, so the anchors are the samples with p_0 = 0.97 and p_1 = 0.98: the columns of T̂.
+    p0 = np.arange(100) / 100.0
+    probs = np.stack([p0, 1.0 - p0], axis=1)
+    np.testing.assert_allclose(study.anchor_matrix(probs), [[0.97, 0.02], [0.03, 0.98]], atol=1e-12)
+    # The injected matrix has no error against itself, and every estimator decides every sample.
+    truth = (p0 < 0.5).astype(np.int64)
+    given = truth.copy()
+    given[::5] = 1 - given[::5]
+    rows = study.estimator_figures(given, truth, probs)
+    assert set(rows) == set(study.ESTIMATORS)
+    assert rows["injected"]["mae"] == 0.0
+    assert all(0.0 <= row["f1"] <= 1.0 and 0.0 <= row["auroc"] <= 1.0 for row in rows.values())
+
+
 def test_division_probe_variant_syntax() -> None:
     probe = _benchmark_module("division_probe")
     assert probe.parse_variant("base") == ("base", [])
