@@ -73,7 +73,8 @@ def check_inputs(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.
         raise ValueError(f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
     for rows in chunks.row_chunks(len(probs), num_classes):
         block = np.asarray(probs[rows], dtype=np.float64)
-        bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
+        sums = block.sum(axis=1)  # NaN or inf anywhere in a row makes its sum NaN or inf
+        bad = np.flatnonzero(~np.isfinite(sums))
         if bad.size:
             raise ValueError(f"probs contain NaN or inf (row {rows.start + bad[0]})")
         bad = np.flatnonzero(block.min(axis=1) < 0)
@@ -83,7 +84,6 @@ def check_inputs(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.
                 f"probs row {row} has a negative entry ({block[bad[0]].min():.4g}): "
                 "pass probabilities (a softmax), not logits or log-probabilities"
             )
-        sums = block.sum(axis=1)
         bad = np.flatnonzero(np.abs(sums - 1.0) > ROW_SUM_TOLERANCE)
         if bad.size:
             row = rows.start + bad[0]
@@ -96,7 +96,10 @@ def check_inputs(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.
 
 def thresholds(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """(C,) t_j = mean p_j over the samples labelled j; a class with no sample gets 1 (nothing passes it)."""
-    labels, probs = check_inputs(labels, probs)
+    return _thresholds(*check_inputs(labels, probs))
+
+
+def _thresholds(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     num_classes = probs.shape[1]
     own = np.take_along_axis(probs, labels[:, None], axis=1)[:, 0]
     sums = np.bincount(labels, weights=own, minlength=num_classes)
@@ -117,8 +120,11 @@ def confident_class(probs: np.ndarray, t: np.ndarray) -> np.ndarray:
 def confident_joint(labels: np.ndarray, probs: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
     """(C, C) int64 counts C[i, j] (module docstring, step 2), diagonal clipped to at least 1."""
     labels, probs = check_inputs(labels, probs)
+    return _confident_joint(labels, probs, _thresholds(labels, probs) if t is None else t)
+
+
+def _confident_joint(labels: np.ndarray, probs: np.ndarray, t: np.ndarray) -> np.ndarray:
     num_classes = probs.shape[1]
-    t = thresholds(labels, probs) if t is None else t
     guess = confident_class(probs, t)
     counted = guess >= 0
     pairs = labels[counted] * num_classes + guess[counted]
@@ -136,12 +142,15 @@ def calibrate(joint: np.ndarray, label_counts: np.ndarray) -> np.ndarray:
 
 
 def estimate(labels: np.ndarray, probs: np.ndarray) -> NoiseEstimate:
-    """Every confident-learning estimate from given labels (N,) and predicted probabilities (N, C)."""
+    """Every confident-learning estimate from given labels (N,) and predicted probabilities (N, C).
+
+    Refuses bad inputs first (`check_inputs`), so a caller that passes them on unchanged needs no check.
+    """
     labels, probs = check_inputs(labels, probs)
     num_classes = probs.shape[1]
-    t = thresholds(labels, probs)
+    t = _thresholds(labels, probs)
     counts = np.bincount(labels, minlength=num_classes)
-    cj = confident_joint(labels, probs, t)
+    cj = _confident_joint(labels, probs, t)
     q = calibrate(cj, counts)
     prior = q.sum(axis=0)
     noise_matrix = np.divide(q, prior[None, :], out=np.zeros_like(q), where=prior[None, :] > 0)

@@ -201,8 +201,8 @@ def find_label_issues(
     """
     if probs_from not in PROBS_FROM:
         raise ValueError(f"probs_from must be one of {', '.join(PROBS_FROM)}; got {probs_from!r}")
-    labels, pred_probs = confident.check_inputs(labels, pred_probs)
-    noise = confident.estimate(labels, pred_probs)
+    noise = confident.estimate(labels, pred_probs)  # refuses bad labels and probabilities first
+    labels, pred_probs = np.asarray(labels).astype(np.int64), np.asarray(pred_probs)
     unmixed = probs_from == "noisy_labels" and identifiable(noise.noise_matrix)
     belief = unmix(pred_probs, noise.noise_matrix) if unmixed else pred_probs
     post = posterior(labels, belief, noise.noise_matrix)
