@@ -4,7 +4,8 @@ A flag rule has two sources of error: the ranking (how well the score orders noi
 many it flags. This benchmark separates them on finished runs with known truth. For each ranking it reports
 the AUROC, the F1 when each given class flags confident learning's count round(ρ̂_i · N_i) (`purify`'s rule
 before stop 25, which now thresholds the posterior; docs/purification.md) and the F1 with the true number
-of noisy samples per class (the ceiling of any count estimate for that ranking). It reads the artifacts a
+of noisy samples per class (the ceiling of any count estimate for that ranking); for the two posteriors
+also the F1 of flagging at τ = 0.4, as `purify` does. It reads the artifacts a
 `benchmarks/quality.py --work DIR` run keeps; nothing is retrained, only the final networks' prediction pass
 is redone.
 
@@ -16,7 +17,10 @@ Rankings, all from the co-trained networks (higher = more likely wrong):
 - ``noise_source_margin``: −(p_ỹ − Σ_j w_ỹj p_j) on the average, w_i the confident joint's off-diagonal row
   i normalised to 1 (uniform where it is empty): the margin against the estimated source of class ỹ's noise;
 - ``noise_posterior``: P(y* ≠ ỹ | x, ỹ) on the average with confident learning's noise matrix, `purify`'s
-  noise score.
+  noise score;
+- ``unmixed_posterior``: the same after unmixing the average as a noisy-label model's P(ỹ | x) when the
+  matrix is identifiable (`find_label_issues(probs_from="noisy_labels")`; `purify` does so only without SSL
+  epochs).
 
 Run it on the Fashion-MNIST tuning slice (`benchmarks/tuning_slice.py`), never on the benchmark's own runs
 when a rule is being chosen:
@@ -61,6 +65,8 @@ def rankings(
     """The noise scores of the module docstring, (N,) float64 each; `averaged` the mean of the dynamics'
     and the final probabilities, `joint` and `noise_matrix` confident learning's estimates on them."""
     rows = np.arange(len(labels))
+    unmixable = purification.identifiable(noise_matrix)
+    belief = purification.unmix(averaged, noise_matrix) if unmixable else averaged
     source = (averaged * source_weights(joint)[labels]).sum(axis=1)
     return {
         "margin": -purification.margins(labels, averaged),
@@ -69,6 +75,7 @@ def rankings(
         "held_out": -dynamics["held_out_probs"][rows, labels].astype(np.float64),
         "noise_source_margin": -(averaged[rows, labels] - source),
         "noise_posterior": purification.posterior(labels, averaged, noise_matrix).wrong,
+        "unmixed_posterior": purification.posterior(labels, belief, noise_matrix).wrong,
     }
 
 
@@ -114,9 +121,12 @@ def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
             f"f1_{kind}_counts": metrics.detection(purification.flag_top(score, given, counts), noisy)["f1"]
             for kind, counts in (("estimated", estimated), ("true", true_counts))
         }
+        if name in POSTERIORS:  # a probability: flagged at purify's τ as the rule does
+            figures[name]["f1_tau"] = metrics.detection(score >= purification.WRONG_THRESHOLD, noisy)["f1"]
     return figures
 
 
+POSTERIORS = ("noise_posterior", "unmixed_posterior")
 RANKINGS = (
     "margin",
     "self_confidence",
@@ -124,21 +134,23 @@ RANKINGS = (
     "held_out",
     "noise_source_margin",
     "noise_posterior",
+    "unmixed_posterior",
 )
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
     """A Markdown table: one row per run and ranking."""
     lines = [
-        "| run | noise | flagged (CL) | ranking | AUROC | F1, CL counts | F1, true counts |",
-        "|---|---|---|---|---|---|---|",
+        "| run | noise | flagged (CL) | ranking | AUROC | F1, CL counts | F1, true counts | F1 at τ |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for run, fig in results.items():
         for name in RANKINGS:
             r = fig[name]
             lines.append(
                 f"| {run} | {fig['noise_rate']:.3f} | {fig['flagged_fraction_estimated']:.3f} | {name} | "
-                f"{r['auroc']:.4f} | {r['f1_estimated_counts']:.4f} | {r['f1_true_counts']:.4f} |"
+                f"{r['auroc']:.4f} | {r['f1_estimated_counts']:.4f} | {r['f1_true_counts']:.4f} | "
+                + (f"{r['f1_tau']:.4f} |" if "f1_tau" in r else "- |")
             )
     return "\n".join(lines) + "\n"
 

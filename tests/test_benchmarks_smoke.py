@@ -363,6 +363,11 @@ def test_purify_ceiling_rankings_by_hand() -> None:
     np.testing.assert_allclose(scores["noise_source_margin"], [-(0.6 - 0.3), -(0.2 - (0.7 + 0.1) / 2)])
     # p_j · T[ỹ, j]: sample 0 [0.48, 0.06, 0] → 0.06 / 0.54; sample 1 [0.07, 0.14, 0.01] → 0.08 / 0.22
     np.testing.assert_allclose(scores["noise_posterior"], [1 / 9, 4 / 11])
+    # Unmixed: the belief b solves T b = q: b = [2/3, 1/3, 0] and [5/6, 1/6, 0] (no clipping), and
+    # Σ_j b_j T[ỹ, j] = q_ỹ, so P(wrong) = 1 − b_ỹ T[ỹ, ỹ] / q_ỹ = 1 − (8/15) / 0.6 and 1 − (7/60) / 0.2.
+    np.testing.assert_allclose(noise_matrix @ np.array([2 / 3, 1 / 3, 0]), averaged[0])
+    np.testing.assert_allclose(noise_matrix @ np.array([5 / 6, 1 / 6, 0]), averaged[1])
+    np.testing.assert_allclose(scores["unmixed_posterior"], [1 / 9, 5 / 12])
     assert set(scores) == set(ceiling.RANKINGS)
 
 
