@@ -7,7 +7,10 @@ import platform
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,6 +30,13 @@ def peak_rss_mib() -> float:
     """Peak resident set size of this process so far, MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def clock(device: torch.device) -> float:
+    """perf_counter once the device's queued work is done (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def git_commit() -> str:

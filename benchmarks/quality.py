@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks import cleanlab_peer  # noqa: E402
 from benchmarks.environment import cpu_model, peak_rss_mib  # noqa: E402
 from labelsieve.atomic import write_json, write_text  # noqa: E402
-from labelsieve.config import Params, WarmupConfig, load_params  # noqa: E402
+from labelsieve.config import Params, WarmupConfig, load_params, preset_names  # noqa: E402
 from labelsieve.engine import loop  # noqa: E402
 from labelsieve.engine.device import apply_threads, resolve_device  # noqa: E402
 from labelsieve.engine.resident import TrainingData  # noqa: E402
@@ -63,6 +63,8 @@ NOISE = {
     "sym80": ["inject_noise.mode=symmetric", "inject_noise.rate=0.8"],
 }
 METHODS = ("ce", "clean", "dividemix", "smr", "grip", "sssl", "cleanlab", "labelsieve")
+# --methods also takes any other preset (e.g. the published smr_cifar10), run and tabled after these.
+ALL_METHODS = (*METHODS, *(name for name in preset_names() if name not in METHODS))
 PRESETS = {"labelsieve": [], "cleanlab": ["ce"]}  # every other method is the preset of its name
 # Training stages: (stage, history folder under the run, the epoch kind whose time is reported).
 TRAINING = (
@@ -231,7 +233,7 @@ def mean_std(values: list[float], fmt: str = "{:.2f}", scale: float = 100.0) -> 
 def table(results: list[dict[str, Any]]) -> str:
     """Markdown: the method-by-noise summary (mean ± std over the seeds run), then one row per run."""
     noises = [n for n in NOISE if any(r["noise"] == n for r in results)]
-    methods = [m for m in METHODS if any(r["method"] == m for r in results)]
+    methods = [m for m in ALL_METHODS if any(r["method"] == m for r in results)]
     cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in results:
         cells.setdefault((r["noise"], r["method"]), []).append(r)
@@ -270,7 +272,7 @@ def table(results: list[dict[str, Any]]) -> str:
     ]
 
     def order(r: dict[str, Any]) -> tuple[int, int, int]:
-        return list(NOISE).index(r["noise"]), METHODS.index(r["method"]), r.get("seed", 0)
+        return list(NOISE).index(r["noise"]), ALL_METHODS.index(r["method"]), r.get("seed", 0)
 
     for r in sorted(results, key=order):
         d = r["detection"] or {}
@@ -335,7 +337,7 @@ def main() -> None:
         print(json.dumps(figures))
         return
     methods, noises = args.methods.split(","), args.noise.split(",")
-    unknown = sorted(set(methods) - set(METHODS)) + sorted(set(noises) - set(NOISE))
+    unknown = sorted(set(methods) - set(ALL_METHODS)) + sorted(set(noises) - set(NOISE))
     if unknown:
         parser.error(f"unknown method or noise setting: {', '.join(unknown)}")
     failed = []
@@ -368,7 +370,8 @@ def main() -> None:
                 "seed": seed,
                 "overrides": overrides,
                 "params_key": key,
-                "machine": f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}",
+                "machine": f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}"
+                + gpu_name(params),
                 **figures,
             }
             write_json(path, result)
@@ -392,6 +395,12 @@ def _work_dir(keep: str | None) -> Iterator[str]:
     else:
         Path(keep).mkdir(parents=True, exist_ok=True)
         yield keep
+
+
+def gpu_name(params: Params) -> str:
+    """ ", <GPU name>" when the runs train on CUDA, else ""."""
+    device = resolve_device(params.runtime.device)
+    return f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
 
 
 def run_in_child(

@@ -46,7 +46,6 @@ import re
 import statistics
 import sys
 import tempfile
-import time
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -58,7 +57,7 @@ from torch.utils.flop_counter import FlopCounterMode
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.environment import cpu_model, git_commit, peak_rss_mib  # noqa: E402
+from benchmarks.environment import clock, cpu_model, git_commit, peak_rss_mib  # noqa: E402
 from labelsieve.atomic import write_json, write_text  # noqa: E402
 from labelsieve.config import Params, RetrainConfig, load_params  # noqa: E402
 from labelsieve.engine import loop  # noqa: E402
@@ -97,13 +96,6 @@ class Epoch:
     seconds: float
     samples: int
     parts: dict[str, float] = dataclasses.field(default_factory=dict)
-
-
-def clock(device: torch.device) -> float:
-    """perf_counter once the device's queued work is done (CUDA runs asynchronously)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
 
 
 class Bench:

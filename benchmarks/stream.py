@@ -18,6 +18,7 @@ benchmarks/results). Run from the repository root:
 
     uv run python benchmarks/stream.py                            # about 8 minutes on 2 idle cores
     uv run python benchmarks/stream.py --smoke --out /tmp/stream  # seconds: checks that it runs
+    uv run python benchmarks/stream.py --device cuda --out DIR     # on a GPU (the store stays on the host)
 """
 
 from __future__ import annotations
@@ -40,12 +41,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.environment import cpu_model, peak_rss_mib  # noqa: E402
+from benchmarks.environment import clock, cpu_model, peak_rss_mib  # noqa: E402
 from labelsieve.atomic import write_json, write_npy, write_text  # noqa: E402
 from labelsieve.config import Params, load_params  # noqa: E402
 from labelsieve.data.store import Dataset  # noqa: E402
 from labelsieve.engine import loop  # noqa: E402
-from labelsieve.engine.device import use_bf16  # noqa: E402
+from labelsieve.engine.device import resolve_device, use_bf16  # noqa: E402
 from labelsieve.engine.resident import TrainingData, channel_stats  # noqa: E402
 from labelsieve.engine.stream import StreamedImages, prefetch  # noqa: E402
 from labelsieve.errors import LabelsieveError  # noqa: E402
@@ -56,24 +57,24 @@ CLASSES = 10
 # name -> (N, C, H, W) of the training split and timed steps per run
 SHAPES = {"fmnist": ((9500, 1, 28, 28), 150), "rgb64": ((4096, 3, 64, 64), 32)}
 SMOKE_SHAPES = {"fmnist": ((256, 1, 28, 28), 4), "rgb64": ((256, 3, 64, 64), 2)}
-DEVICE = torch.device("cpu")
 
 
-def synthetic(root: Path, shape: tuple[int, ...], seed: int) -> TrainingData:
-    """A seeded random uint8 training split of `shape` written to root/train.npy, with random labels."""
+def synthetic(root: Path, shape: tuple[int, ...], seed: int, device: torch.device) -> TrainingData:
+    """A seeded random uint8 training split of `shape` written to root/train.npy, with random labels,
+    resident on `device`."""
     rng = np.random.default_rng(seed)
     write_npy(root / "train.npy", rng.integers(0, 256, shape, dtype=np.uint8))
     dataset = Dataset(root=root, classes=[str(c) for c in range(CLASSES)], meta={}, samples={})
     images = dataset.images("train")
     mean, std = channel_stats(images)
-    none = torch.empty((0, *shape[1:]), dtype=torch.uint8)
+    none = torch.empty((0, *shape[1:]), dtype=torch.uint8, device=device)
     return TrainingData(
-        train_images=torch.from_numpy(np.array(images)),
-        train_labels=torch.from_numpy(rng.integers(0, CLASSES, shape[0])),
+        train_images=torch.from_numpy(np.array(images)).to(device),
+        train_labels=torch.from_numpy(rng.integers(0, CLASSES, shape[0])).to(device),
         val_images=none,
-        val_labels=torch.empty(0, dtype=torch.int64),
+        val_labels=torch.empty(0, dtype=torch.int64, device=device),
         test_images=none,
-        test_labels=torch.empty(0, dtype=torch.int64),
+        test_labels=torch.empty(0, dtype=torch.int64, device=device),
         train_true_labels=None,
         mean=mean,
         std=std,
@@ -82,31 +83,35 @@ def synthetic(root: Path, shape: tuple[int, ...], seed: int) -> TrainingData:
     )
 
 
-def fashion_mnist(root: Path, shape: tuple[int, ...], seed: int, smoke: bool) -> tuple[TrainingData, str]:
+def fashion_mnist(
+    root: Path, shape: tuple[int, ...], seed: int, smoke: bool, device: torch.device
+) -> tuple[TrainingData, str]:
     """The ingested CPU profile from artifacts/ (not in a smoke run), else a synthetic store of `shape`."""
     if not smoke:
         try:
-            data = TrainingData.load(REPO / "artifacts/dataset", REPO / "artifacts/labels", DEVICE)
+            data = TrainingData.load(REPO / "artifacts/dataset", REPO / "artifacts/labels", device)
             return data, "artifacts/dataset (ingested Fashion-MNIST, CPU profile)"
         except (LabelsieveError, OSError) as err:
             print(f"stream benchmark: artifacts/dataset unusable ({err}); a synthetic store", file=sys.stderr)
-    return synthetic(root, shape, seed), "synthetic"
+    return synthetic(root, shape, seed, device), "synthetic"
 
 
 def on_path(data: TrainingData, path: str) -> TrainingData:
     """`data` with its training images resident (as loaded) or streamed from the store's memmap."""
     if path == "resident":
         return data
-    return dataclasses.replace(data, train_images=StreamedImages(data.dataset.images("train"), DEVICE))
+    device = data.train_labels.device
+    return dataclasses.replace(data, train_images=StreamedImages(data.dataset.images("train"), device))
 
 
 def train(data: TrainingData, params: Params, epochs: int) -> dict[str, Any]:
     """`epochs` CE epochs of a fresh seeded small_cnn: wall and CPU seconds, rows and losses."""
-    (model,) = loop.build_networks(params, data, 1, DEVICE)
+    device = data.train_labels.device
+    (model,) = loop.build_networks(params, data, 1, device)
     optimizer = loop.make_optimizer(model, params.model)
-    generators = loop.Generators(params.runtime.seed, "stream-benchmark", DEVICE)
+    generators = loop.Generators(params.runtime.seed, "stream-benchmark", device)
     losses = []
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, cpu = clock(device), time.process_time()
     for epoch in range(epochs):
         record = loop.supervised_epoch(
             model,
@@ -121,7 +126,7 @@ def train(data: TrainingData, params: Params, epochs: int) -> dict[str, Any]:
             desc="stream benchmark",
         )
         losses.append(record["loss"])
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    wall, cpu = clock(device) - wall, time.process_time() - cpu
     rows = epochs * len(data.train_labels)
     return {"seconds": wall, "cpu_seconds": cpu, "samples_per_second": rows / wall, "losses": losses}
 
@@ -129,11 +134,12 @@ def train(data: TrainingData, params: Params, epochs: int) -> dict[str, Any]:
 def fetch_seconds(data: TrainingData, params: Params) -> float:
     """Seconds per batch to fetch one epoch's batches of `data.train_images`, as an epoch plans them."""
     order = loop.batches(len(data.train_labels), params.model.batch_size, torch.Generator().manual_seed(0))
-    start = time.perf_counter()
+    device = data.train_labels.device
+    start = clock(device)
     prefetch(data.train_images, order)
     for idx in order:
         data.train_images[idx]
-    return (time.perf_counter() - start) / len(order)
+    return (clock(device) - start) / len(order)
 
 
 def measure(data: TrainingData, params: Params, steps: int, repeats: int) -> dict[str, Any]:
@@ -218,6 +224,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, help="timed runs per path and shape (default 9; smoke 1)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--shapes", default=",".join(SHAPES), help=f"of {', '.join(SHAPES)}")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--smoke", action="store_true", help="256 synthetic images, a few steps")
     parser.add_argument("--out", help="folder for stream.json and stream.md (default benchmarks/results)")
     args = parser.parse_args(argv)
@@ -241,7 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     """Measure, write stream.json and stream.md, and print the table."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    params = load_params(None, overrides=["runtime.progress=never", "runtime.device=cpu"])
+    params = load_params(None, overrides=["runtime.progress=never", f"runtime.device={args.device}"])
+    device = resolve_device(params.runtime.device)
     load_before = os.getloadavg()
     shapes: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="labelsieve-stream-") as tmp:
@@ -250,20 +258,21 @@ def main(argv: list[str] | None = None) -> None:
             root = Path(tmp) / name
             root.mkdir()
             if name == "fmnist":
-                data, source = fashion_mnist(root, shape, params.runtime.seed, args.smoke)
+                data, source = fashion_mnist(root, shape, params.runtime.seed, args.smoke, device)
             else:
-                data, source = synthetic(root, shape, params.runtime.seed), "synthetic"
+                data, source = synthetic(root, shape, params.runtime.seed, device), "synthetic"
             shapes[name] = {"source": source, **measure(data, params, steps, args.repeats)}
     result = {
         "command": " ".join(
             ["uv run python benchmarks/stream.py", *(argv if argv is not None else sys.argv[1:])]
         ),
         "machine": f"{platform.machine()}, {cpu_model()}, {os.cpu_count()} cores",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "cpu": cpu_model(),
         "platform": platform.platform(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "bf16": use_bf16(DEVICE, params.runtime.precision),
+        "bf16": use_bf16(device, params.runtime.precision),
         "batch_size": params.model.batch_size,
         "repeats": args.repeats,
         "smoke": args.smoke,
