@@ -450,3 +450,34 @@ def test_division_probe_variant_syntax() -> None:
         "ce",
         ["warmup.loss=ce", "warmup.confidence_penalty=1"],
     )
+
+
+def test_quality_runs_any_preset_as_a_method_and_tables_it_after_the_comparison() -> None:
+    quality = _benchmark_module("quality")
+    base = BENCHMARKS.parent / "params.yaml"
+    assert quality.ALL_METHODS[: len(quality.METHODS)] == quality.METHODS
+    params = quality.method_params(base, "smr_cifar10", "sym50", ["data.channels=1"])
+    assert params.model.name == "preact_resnet18"  # the published settings, not the CPU profile's
+    assert (params.ssl_train.batch_size, params.ssl_train.lambda_u, params.co_divide.per_class) == (
+        128,
+        25.0,
+        False,
+    )
+    assert (params.inject_noise.mode, params.inject_noise.rate) == ("symmetric", 0.5)
+    runs = [
+        {
+            "method": m,
+            "noise": "sym50",
+            "seed": 0,
+            "detection": None,
+            "epoch_seconds": {},
+            "last_test_acc": acc,
+            "best_val_test_acc": acc,
+            "best_val_epoch": 1,
+            "wall_seconds": 1.0,
+            "peak_rss_mb": 1.0,
+        }
+        for m, acc in (("smr_cifar10", 0.84), ("ce", 0.8))
+    ]
+    header = quality.table(runs).splitlines()[0]
+    assert header == "| setting | ce | smr_cifar10 |"
