@@ -54,7 +54,6 @@ protocol=(
     --noise sym50 --seeds "$SEED" --set "runtime.device=$device" --set runtime.threads=4
     --set data.image_size=28 --set data.channels=1 --set ingest.near_duplicate_bits=-1
     --set warmup.epochs=1 --set "ssl_train.epochs=$PROTOCOL_SSL" --set ssl_train.lambda_u_ramp_epochs=1
-    --set group_regularize.epochs=0 --set retrain.epochs=0  # the co-trained ensemble is the model, as published
 )
 if [ "$SMOKE" = 1 ]; then
     protocol+=(--set ingest.per_class_limit=30 --set ssl_train.batch_size=8 --set model.batch_size=16

@@ -464,6 +464,7 @@ def test_quality_runs_any_preset_as_a_method_and_tables_it_after_the_comparison(
         False,
     )
     assert (params.inject_noise.mode, params.inject_noise.rate) == ("symmetric", 0.5)
+    assert (params.group_regularize.epochs, params.retrain.epochs) == (0, 0)  # the method alone, as `smr`
     runs = [
         {
             "method": m,
