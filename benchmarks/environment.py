@@ -39,6 +39,11 @@ def clock(device: torch.device) -> float:
     return time.perf_counter()
 
 
+def device_name(device: torch.device) -> str:
+    """The GPU's name on CUDA, else the CPU's model name."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+
+
 def git_commit() -> str:
     """HEAD of the repository, with "+dirty" if the tree has changes; "unknown" outside git."""
     try:

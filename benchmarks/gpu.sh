@@ -65,12 +65,13 @@ fi
 # steps in one recalibration, none in the last third (docs/algorithms.md §3.2).
 smr_scaled=(--set ssl_train.recalibration_period=6 --set ssl_train.recalibration_until=0.67
     --set ssl_train.recalibration_fraction=0.41)
-for method in smr_cifar10 dividemix_cifar10; do
-    wanted protocol || break
-    extra=(); [ "$method" = smr_cifar10 ] && extra=("${smr_scaled[@]}")
-    timeout "$PROTOCOL_LIMIT" python3 benchmarks/quality.py --methods "$method" "${protocol[@]}" "${extra[@]}" \
-        --fresh --out "$res/protocol/$method" --work "$work/run-$method" > "$res/protocol/$method.log" 2>&1 &
-done
+if wanted protocol; then
+    for method in smr_cifar10 dividemix_cifar10; do
+        extra=(); [ "$method" = smr_cifar10 ] && extra=("${smr_scaled[@]}")
+        timeout "$PROTOCOL_LIMIT" python3 benchmarks/quality.py --methods "$method" "${protocol[@]}" "${extra[@]}" \
+            --fresh --out "$res/protocol/$method" --work "$work/run-$method" > "$res/protocol/$method.log" 2>&1 &
+    done
+fi
 if wanted tests; then
     timeout "${TESTS_LIMIT:-120}" python3 -m pytest -q -p no:cacheprovider -rs -k cuda tests/engine/test_device.py \
         tests/engine/test_augment.py tests/engine/test_stream.py tests/maths/test_neighbours.py > "$res/tests.log" 2>&1
@@ -79,7 +80,7 @@ fi
 wait
 log "protocol runs done: $(ls "$res"/protocol/*/*.json 2>/dev/null | wc -l) result files"
 # Every stage's JSON records (histories, timings, summaries), not the networks or the store.
-(cd "$work" && find run-* -name '*.json' -size -4M -exec cp --parents {} "$res/protocol/" \;)
+(cd "$work" && find run-* -name '*.json' -size -4M -exec cp --parents {} "$res/protocol/" \; 2>/dev/null)
 tar -czf "$OUT/gpu.tar.gz" -C "$work" gpu
 cat "$res/steps.log"
 rm -rf "$work"

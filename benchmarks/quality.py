@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import cleanlab_peer  # noqa: E402
-from benchmarks.environment import cpu_model, peak_rss_mib  # noqa: E402
+from benchmarks.environment import cpu_model, device_name, peak_rss_mib  # noqa: E402
 from labelsieve.atomic import write_json, write_text  # noqa: E402
 from labelsieve.config import Params, WarmupConfig, load_params, preset_names  # noqa: E402
 from labelsieve.engine import loop  # noqa: E402
@@ -400,7 +400,7 @@ def _work_dir(keep: str | None) -> Iterator[str]:
 def gpu_name(params: Params) -> str:
     """ ", <GPU name>" when the runs train on CUDA, else ""."""
     device = resolve_device(params.runtime.device)
-    return f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    return f", {device_name(device)}" if device.type == "cuda" else ""
 
 
 def run_in_child(

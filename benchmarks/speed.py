@@ -57,7 +57,7 @@ from torch.utils.flop_counter import FlopCounterMode
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.environment import clock, cpu_model, git_commit, peak_rss_mib  # noqa: E402
+from benchmarks.environment import clock, cpu_model, device_name, git_commit, peak_rss_mib  # noqa: E402
 from labelsieve.atomic import write_json, write_text  # noqa: E402
 from labelsieve.config import Params, RetrainConfig, load_params  # noqa: E402
 from labelsieve.engine import loop  # noqa: E402
@@ -459,7 +459,7 @@ def main(argv: list[str] | None = None) -> None:
     if params.runtime.threads:
         torch.set_num_threads(params.runtime.threads)
     device = resolve_device(params.runtime.device)
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    name = device_name(device)
     load_before = os.getloadavg()
     data = load_data(params, device)
     bench = Bench(params, data, device, args.scopes)
@@ -476,7 +476,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": f"{platform.machine()}, {cpu_model()}, {os.cpu_count()} cores",
         "platform": platform.platform(),
         "device": str(device),
-        "device_name": device_name,
+        "device_name": name,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "bf16": use_bf16(device, params.runtime.precision),
@@ -501,7 +501,7 @@ def main(argv: list[str] | None = None) -> None:
         "peak_rss_setup_mib": setup_rss,
         "rss_peak_per_stage": rss_per_stage,
         "ce_step": ce_step_figures(
-            flops, stages["ce"]["seconds"], params, bench.n, device_name if device.type == "cuda" else None
+            flops, stages["ce"]["seconds"], params, bench.n, name if device.type == "cuda" else None
         ),
         "stages": stages,
     }

@@ -41,7 +41,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.environment import clock, cpu_model, peak_rss_mib  # noqa: E402
+from benchmarks.environment import clock, cpu_model, device_name, peak_rss_mib  # noqa: E402
 from labelsieve.atomic import write_json, write_npy, write_text  # noqa: E402
 from labelsieve.config import Params, load_params  # noqa: E402
 from labelsieve.data.store import Dataset  # noqa: E402
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
             ["uv run python benchmarks/stream.py", *(argv if argv is not None else sys.argv[1:])]
         ),
         "machine": f"{platform.machine()}, {cpu_model()}, {os.cpu_count()} cores",
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": device_name(device),
         "cpu": cpu_model(),
         "platform": platform.platform(),
         "torch": torch.__version__,
