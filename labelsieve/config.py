@@ -205,6 +205,9 @@ class GroupRegularizeConfig:
 
     epochs: int = bounded(3, 0, 100_000, doc="0 passes the networks through")
     lr: float = bounded(0.01, 0.0, 10.0, lo_open=True, doc="peak lr; linear warm-up then cosine to 0")
+    # grip: GRIP's own lr shape (`lr`, `lr_warmup_epochs`); continue: these epochs are the tail of the model's
+    # schedule, whose budget then spans warmup + ssl_train + these epochs (`Params.total_epochs`).
+    schedule: Literal["grip", "continue"] = "grip"
     lr_warmup_epochs: int = bounded(
         0, 0, 100_000, doc="linear lr warm-up; 0: the networks arrive trained, no re-warm"
     )
@@ -299,8 +302,10 @@ class Params:
 
     @property
     def total_epochs(self) -> int:
-        """The epoch budget the learning-rate schedule spans: warm-up plus SSL epochs."""
-        return self.warmup.epochs + self.ssl_train.epochs
+        """The epoch budget the model's learning-rate schedule spans: warm-up plus SSL epochs, plus the GRIP
+        epochs when they continue that schedule (`group_regularize.schedule: continue`)."""
+        grip = self.group_regularize.epochs if self.group_regularize.schedule == "continue" else 0
+        return self.warmup.epochs + self.ssl_train.epochs + grip
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved params as plain YAML-able data."""

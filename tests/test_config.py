@@ -115,3 +115,19 @@ def test_parse_params_checks_the_ingest_class_and_near_duplicate_keys():
         "ingest.near_duplicate_bits: 200 is outside [-1, 195]",
     ]
     assert load_params(REPO / "params.yaml").ingest.strict_classes is False
+
+
+def test_grip_schedule_continue_is_the_tail_of_the_model_schedule():
+    from labelsieve.engine.loop import lr_at
+    from labelsieve.stages.group_regularize import group_lr
+
+    base = ["warmup.epochs=12", "ssl_train.epochs=0", "group_regularize.epochs=3", "group_regularize.lr=0.01"]
+    own = load_params(None, overrides=base)
+    tail = load_params(None, overrides=[*base, "group_regularize.schedule=continue"])
+    assert own.total_epochs == 12 and tail.total_epochs == 15
+    # one-cycle, peak 0.1, rising over the first 25%: at global epoch 13.5 of 15 (t = 0.9) the rate is
+    # 0.1 * (1 - 0.9) / 0.75, by hand
+    assert group_lr(1.5, tail) == pytest.approx(0.1 * 0.1 / 0.75)
+    assert [group_lr(e, tail) for e in (0.0, 2.5)] == [lr_at(12 + e, tail.model, 15) for e in (0.0, 2.5)]
+    # GRIP's own shape: cosine from the GRIP lr to 0 over its epochs (no lr warm-up by default)
+    assert group_lr(0.0, own) == pytest.approx(0.01) and group_lr(1.5, own) == pytest.approx(0.005)

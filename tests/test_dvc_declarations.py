@@ -63,7 +63,7 @@ def _covered(path: str, deps: list[str]) -> bool:
 
 def params_read(path: Path) -> set[str]:
     """``section`` or ``section.key`` for every ``params.<section>[.<key>]`` the module reads, including
-    ``cfg.<key>`` where ``cfg = params.<section>``; ``params.total_epochs`` reads both epoch counts."""
+    ``cfg.<key>`` where ``cfg = params.<section>``; ``params.total_epochs`` reads the counts it adds up."""
     tree = ast.parse(path.read_text())
     aliases: dict[str, str] = {}
     for node in ast.walk(tree):
@@ -86,6 +86,7 @@ def params_read(path: Path) -> set[str]:
             reads.add(f"{aliases[node.value.id]}.{node.attr}")
         elif node.value.id == "params" and node.attr == "total_epochs":
             reads |= {"warmup.epochs", "ssl_train.epochs"}
+            reads |= {"group_regularize.epochs", "group_regularize.schedule"}  # if GRIP continues
         elif node.value.id == "params" and node.attr in sections:
             parent = parents.get(node)
             is_assigned = isinstance(parent, ast.Assign) and parent.value is node

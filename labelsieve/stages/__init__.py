@@ -75,11 +75,14 @@ HOW = (
     "runtime.data_path",
 )
 # What the shared training engine (labelsieve/engine/loop.py) reads: the network and its optimisation, the
-# schedule's epoch budget (warmup + ssl_train epochs), the seed and the precision.
+# schedule's epoch budget (`Params.total_epochs`: warmup + ssl_train epochs, and GRIP's when it continues the
+# schedule), the seed and the precision.
 ENGINE = (
     *(f"model.{f.name}" for f in dataclasses.fields(ModelConfig) if f"model.{f.name}" not in HOW),
     "warmup.epochs",
     "ssl_train.epochs",
+    "group_regularize.epochs",
+    "group_regularize.schedule",
     "runtime.seed",
     "runtime.precision",
 )

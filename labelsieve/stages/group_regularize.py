@@ -7,7 +7,8 @@ d above the threshold (mean + α·std of D, taken per batch) is revised to argma
 JS(p̄, S[argmax]) ≤ τ_relabel, else discarded for this step. The loss is (1−w)·CE + w·CE(z, S[y]) over
 the kept samples + γ·NE over the whole batch. At the end of each epoch S moves toward the class-average
 prediction of the samples whose argmax equals their label (EMA m; an empty class keeps its row). The
-learning rate warms up only over `lr_warmup_epochs` (0 by default: the networks are already trained).
+learning rate warms up only over `lr_warmup_epochs` (0 by default: the networks are already trained), or
+continues the model's schedule (`schedule: continue`).
 
 With `epochs: 0` the networks pass through unchanged with S from the evaluation pass, so `purify`
 always finds soft labels. Outputs: ``net{k}.pt``, ``networks.json``, ``soft_labels.npy`` (K, C, C),
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from labelsieve.atomic import atomic_dir, write_json, write_npy
-from labelsieve.config import GroupRegularizeConfig, Params
+from labelsieve.config import Params
 from labelsieve.engine import distributed, loop
 from labelsieve.engine.checkpoint import Checkpoint
 from labelsieve.engine.device import autocast, resolve_device
@@ -35,8 +36,17 @@ from labelsieve.maths import grip
 from labelsieve.progress import progress
 
 
-def group_lr(epoch: float, cfg: GroupRegularizeConfig) -> float:
-    """GRIP's schedule: linear warm-up over `lr_warmup_epochs`, then cosine to 0 at `epochs`."""
+def group_lr(epoch: float, params: Params) -> float:
+    """The learning rate at fractional GRIP epoch `epoch`.
+
+    schedule grip: GRIP's own shape, a linear warm-up over `lr_warmup_epochs`, then cosine to 0 at `epochs`.
+    schedule continue: the model's schedule (`loop.lr_at`) at the same point of the whole budget, as if
+    the CE or SSL epochs before had gone on into GRIP's.
+    """
+    cfg = params.group_regularize
+    if cfg.schedule == "continue":
+        before = params.warmup.epochs + params.ssl_train.epochs
+        return loop.lr_at(before + epoch, params.model, params.total_epochs)
     warm = min(cfg.lr_warmup_epochs, cfg.epochs)
     if epoch < warm:
         return cfg.lr * (epoch + 1e-3) / warm
@@ -77,7 +87,7 @@ def grip_epoch(
     for step, (idx, size) in enumerate(
         progress(order, total=len(order), desc=desc, mode=params.runtime.progress)
     ):
-        loop.set_lr(optimizer, group_lr(epoch + step / len(order), cfg))
+        loop.set_lr(optimizer, group_lr(epoch + step / len(order), params))
         idx = idx.to(data.train_labels.device)
         x = loop.views(data.train_images[idx], params.model, data.mean, data.std, generators.device)
         labels = data.train_labels[idx]
