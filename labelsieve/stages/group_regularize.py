@@ -44,9 +44,8 @@ def group_lr(epoch: float, params: Params) -> float:
     the CE or SSL epochs before had gone on into GRIP's.
     """
     cfg = params.group_regularize
-    if cfg.schedule == "continue":
-        before = params.warmup.epochs + params.ssl_train.epochs
-        return loop.lr_at(before + epoch, params.model, params.total_epochs)
+    if cfg.schedule == "continue":  # the budget ends with these epochs
+        return loop.lr_at(params.total_epochs - cfg.epochs + epoch, params.model, params.total_epochs)
     warm = min(cfg.lr_warmup_epochs, cfg.epochs)
     if epoch < warm:
         return cfg.lr * (epoch + 1e-3) / warm
