@@ -193,6 +193,7 @@ def test_sssl_preset_trains_on_the_raw_labels_with_upstream_stages_passed_throug
     assert not params.retrain.use_purified and params.retrain.epochs == 15
     assert (params.warmup.epochs, params.warmup.networks, params.ssl_train.epochs) == (0, 1, 0)
     assert params.group_regularize.epochs == 0
+    assert params.retrain.knn_scope == "dataset"  # chosen on the tuning slice (docs/algorithms.md §5)
 
 
 # ----------------------------------------------------------------------------- schedule and resume
