@@ -11,6 +11,7 @@ from labelsieve.config import load_params
 from labelsieve.data.store import load_dataset
 from labelsieve.engine import checkpoint as checkpoint_module
 from labelsieve.export import export
+from labelsieve.maths import grip
 from labelsieve.maths.purification import DROP
 from labelsieve.stages import co_divide, group_regularize, ingest, inject_noise, purify, ssl_train, warmup
 
@@ -214,3 +215,13 @@ def test_export_then_ingest_gives_back_the_purified_labels(pipeline, tmp_path):
         report = json.loads((tmp_path / f"re-{fmt}" / "ingest_report.json").read_text())
         assert report["skipped_counts"] == {"dropped_by_purify": counts["dropped"]}
     assert (tmp_path / "folder" / "_dropped").is_dir()
+
+
+def test_grip_preset_fine_tunes_without_instance_purification():
+    # Chosen on the tuning slice (docs/algorithms.md §4, "Which part costs"): the GRIP epochs continue the CE
+    # schedule with the soft-label and entropy terms on and the per-batch purification never active.
+    params = load_params("params.yaml", presets=["grip"])
+    cfg = params.group_regularize
+    assert (params.warmup.epochs, cfg.epochs, cfg.schedule) == (12, 3, "continue")
+    assert cfg.soft_weight > 0 and cfg.entropy_weight > 0
+    assert not any(grip.purification_active(e, warmup_epochs=cfg.warmup_epochs) for e in range(cfg.epochs))
