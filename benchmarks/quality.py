@@ -3,7 +3,8 @@
 The CPU profile is the Fashion-MNIST 10k subset with `small_cnn`, one seed and one epoch budget. Each
 method is a preset (`labelsieve` is params.yaml as it is: the full pipeline). A run is the whole DAG,
 the same registered stages `dvc repro` runs, in a fresh subprocess (so its peak RSS is its own) with its
-artifacts in a temporary folder and the ingested dataset shared. Per run it records, from the evaluate
+artifacts in a temporary folder and the ingested dataset shared (ingested without the run's seed, so every
+seed trains on the same splits). Per run it records, from the evaluate
 stage: the last-epoch test accuracy of the final model, the test accuracy at the epoch chosen on the noisy
 validation split, and purify's detection of the injected noise (F1, AUROC, relabel accuracy) for the
 methods that co-divide or purify. Also the seconds per epoch of each training stage and its ratio to one
@@ -363,7 +364,10 @@ def main() -> None:
                     path, twin | {"method": method, "noise": noise, "seed": seed, "same_run_as": source}
                 )
                 continue
-            figures = run_in_child(params, method, noise, overrides, base, Path(tmp), name)
+            # The dataset's splits are seeded by runtime.seed: ingest without the run's seed, so every seed of
+            # every invocation trains on the same split however --seeds is ordered or divided.
+            shared = method_params(base, method, noise, args.set)
+            figures = run_in_child(params, method, noise, overrides, base, Path(tmp), name, shared)
             if figures is None:
                 failed.append(name)
                 continue
@@ -407,12 +411,23 @@ def gpu_name(params: Params) -> str:
 
 
 def run_in_child(
-    params: Params, method: str, noise: str, overrides: list[str], base: Path, tmp: Path, name: str
+    params: Params,
+    method: str,
+    noise: str,
+    overrides: list[str],
+    base: Path,
+    tmp: Path,
+    name: str,
+    ingest_params: Params,
 ) -> dict[str, Any] | None:
-    """One run in a fresh process (its epochs log on stderr); its figures, or None if it failed."""
-    dataset = tmp / "dataset"  # ingested once, shared by every run
+    """One run in a fresh process (its epochs log on stderr); its figures, or None if it failed.
+
+    The dataset is ingested once, with `ingest_params` (the `--set` overrides without the run's seed), and
+    shared by every run.
+    """
+    dataset = tmp / "dataset"
     if not dataset.exists():
-        STAGES["ingest"].run(params, out_dir=dataset)
+        STAGES["ingest"].run(ingest_params, out_dir=dataset)
     command = [sys.executable, __file__, "--params", str(base), "--one", method, noise, str(dataset)]
     command += [str(tmp / name), *(f"--set={item}" for item in overrides)]
     child = subprocess.run(command, stdout=subprocess.PIPE, text=True)

@@ -95,6 +95,20 @@ TINY_QUALITY = (
 
 
 @pytest.mark.integration
+def test_quality_run_of_a_seed_does_not_depend_on_the_other_seeds_of_the_invocation(tmp_path: Path) -> None:
+    # ingest's splits are seeded: the shared dataset must not take them from whichever seed ran first
+    command = [sys.executable, str(BENCHMARKS / "quality.py"), "--noise", "sym50", "--methods", "ce"]
+    command += [f"--set={item}" for item in (*TINY_QUALITY, "ssl_train.epochs=0", "group_regularize.epochs=0")]
+    runs = {}
+    for seeds in ("0,2", "2"):
+        out = tmp_path / seeds.replace(",", "-")
+        subprocess.run([*command, "--seeds", seeds, "--out", str(out)], capture_output=True, check=True)
+        runs[seeds] = json.loads((out / "sym50-ce-seed2.json").read_text())
+    for field in ("noise_rate_actual", "last_test_acc", "best_val_test_acc"):
+        assert runs["0,2"][field] == runs["2"][field], field
+
+
+@pytest.mark.integration
 def test_quality_runs_reuses_and_reports_failures(tmp_path: Path) -> None:
     out = tmp_path / "quality"
     command = [sys.executable, str(BENCHMARKS / "quality.py"), "--out", str(out), "--noise", "sym50"]
