@@ -98,7 +98,8 @@ TINY_QUALITY = (
 def test_quality_run_of_a_seed_does_not_depend_on_the_other_seeds_of_the_invocation(tmp_path: Path) -> None:
     # ingest's splits are seeded: the shared dataset must not take them from whichever seed ran first
     command = [sys.executable, str(BENCHMARKS / "quality.py"), "--noise", "sym50", "--methods", "ce"]
-    command += [f"--set={item}" for item in (*TINY_QUALITY, "ssl_train.epochs=0", "group_regularize.epochs=0")]
+    single = (*TINY_QUALITY, "ssl_train.epochs=0", "group_regularize.epochs=0")  # ce: one network
+    command += [f"--set={item}" for item in single]
     runs = {}
     for seeds in ("0,2", "2"):
         out = tmp_path / seeds.replace(",", "-")
