@@ -367,7 +367,7 @@ def main() -> None:
             # The dataset's splits are seeded by runtime.seed: ingest without the run's seed, so every seed of
             # every invocation trains on the same split however --seeds is ordered or divided.
             shared = method_params(base, method, noise, args.set)
-            figures = run_in_child(params, method, noise, overrides, base, Path(tmp), name, shared)
+            figures = run_in_child(shared, method, noise, overrides, base, Path(tmp), name)
             if figures is None:
                 failed.append(name)
                 continue
@@ -411,14 +411,7 @@ def gpu_name(params: Params) -> str:
 
 
 def run_in_child(
-    params: Params,
-    method: str,
-    noise: str,
-    overrides: list[str],
-    base: Path,
-    tmp: Path,
-    name: str,
-    ingest_params: Params,
+    ingest_params: Params, method: str, noise: str, overrides: list[str], base: Path, tmp: Path, name: str
 ) -> dict[str, Any] | None:
     """One run in a fresh process (its epochs log on stderr); its figures, or None if it failed.
 
