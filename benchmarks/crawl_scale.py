@@ -21,7 +21,9 @@ Every step is a fresh process; its wall seconds and its peak RSS (`ru_maxrss` fr
 recorded. Writes crawl_scale.json and crawl_scale.md to `--out` (default benchmarks/results). The stage
 outputs stay under `--root`, so `--steps` can run some steps now and the rest later (each invocation runs
 its steps for every size, so a growth ratio always compares figures of one sitting); the PPM files are
-removed after ingest unless `--keep-crawl`; `--clean` removes `--root` at the end.
+removed after ingest unless `--keep-crawl`; `--clean` removes `--root` at the end. `--cold-cache` (root
+only) drops the kernel's page cache before each step: a crawl just generated sits in memory at 10^5 but
+not at 10^6, so only cold reads compare the two sizes like for like.
 
     uv run python benchmarks/crawl_scale.py                          # 10^5 and 10^6: about an hour here
     uv run python benchmarks/crawl_scale.py --sizes 2e3 --out /tmp/x   # smoke run, a minute
@@ -192,7 +194,9 @@ def measure(
         if name not in args.steps:
             continue
         shutil.rmtree(work / OUTPUTS[name], ignore_errors=True)
-        row["steps"][name] = with_net(run_step(argv, log), startup, sitting)
+        if args.cold_cache:
+            drop_page_cache()
+        row["steps"][name] = with_net(run_step(argv, log), startup, sitting) | {"cold_cache": args.cold_cache}
         print(json.dumps({"n": n, "step": name, **row["steps"][name]}), flush=True)
         if name == "ingest" and not args.keep_crawl:
             shutil.rmtree(crawl)
@@ -202,6 +206,18 @@ def measure(
     row["counts"] = dataset["counts"]
     row["store_bytes"] = sum(p.stat().st_size for p in (work / "dataset").glob("*.npy"))
     return row
+
+
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+
+
+def drop_page_cache() -> None:
+    """Write dirty pages out and empty the kernel's page cache, so the next step reads its input from disk."""
+    os.sync()
+    try:
+        DROP_CACHES.write_text("3\n")
+    except OSError as error:
+        raise SystemExit(f"--cold-cache needs root to write {DROP_CACHES}: {error}") from error
 
 
 NEAR_DUPLICATES = """
@@ -247,6 +263,8 @@ def markdown(result: dict[str, Any]) -> str:
         "memory (heap, stacks), polled every 0.1 s.",
         "",
         "CPU s is the step's user + system time (all its threads; blank where a sitting did not record it).",
+        "A step marked cold cache ran after the kernel's page cache was dropped (`--cold-cache`): it read",
+        "its input from disk, not from the memory the previous step left it in.",
         "",
         "| N | step | wall s | net s | CPU s | µs per image | peak RSS MiB | peak anon MiB |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",
@@ -258,8 +276,9 @@ def markdown(result: dict[str, Any]) -> str:
             fig = row["steps"][name]
             per = fig["net_seconds"] / row["n"] * 1e6
             cpu = f"{fig['cpu_seconds']:.1f}" if "cpu_seconds" in fig else ""
+            label = f"{name}, cold cache" if fig.get("cold_cache") else name
             lines.append(
-                f"| {row['n']:.0e} | {name} | {fig['seconds']:.1f} | {fig['net_seconds']:.1f} | {cpu} | "
+                f"| {row['n']:.0e} | {label} | {fig['seconds']:.1f} | {fig['net_seconds']:.1f} | {cpu} | "
                 f"{per:.1f} | {fig['peak_rss_mib']:.0f} | {fig['peak_anon_mib']:.0f} |"
             )
     lines += ["", "Growth from the smallest to the largest N of one sitting (linear = the size ratio):", ""]
@@ -303,6 +322,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep-crawl", action="store_true", help="keep the PPM files after ingest")
     parser.add_argument("--near-duplicates", action="store_true", help="also time the train-vs-test check")
     parser.add_argument("--clean", action="store_true", help="remove --root at the end")
+    parser.add_argument(
+        "--cold-cache",
+        action="store_true",
+        help="drop the page cache before each step (root only), so every size reads its input from disk",
+    )
     return parser.parse_args(argv)
 
 

@@ -346,6 +346,17 @@ def test_crawl_scale_images_are_distinct_and_growth_compares_one_sitting(tmp_pat
     assert "| ingest | 1e+01" not in table and "| ingest | 1e+02" not in table
     assert "| purify | 1e+01 -> 1e+03 | 100x | 10.00x | 10.00x | 1.00x |" in table
     assert "| 1e+03 | purify | 45.0 | 40.0 | 120.0 | 40000.0 | 1 | 2 |" in table
+    rows[1]["steps"]["ingest"]["cold_cache"] = True
+    assert "| 1e+02 | ingest, cold cache | 35.0 |" in crawl_scale.markdown({"environment": env, "rows": rows})
+
+
+def test_crawl_scale_cold_cache_names_the_file_it_could_not_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crawl_scale = _benchmark_module("crawl_scale")
+    monkeypatch.setattr(crawl_scale, "DROP_CACHES", tmp_path / "missing" / "drop_caches")
+    with pytest.raises(SystemExit, match="--cold-cache needs root to write .*missing/drop_caches"):
+        crawl_scale.drop_page_cache()
 
 
 def test_tuning_slice_is_disjoint_from_the_benchmarks_images() -> None:
