@@ -28,26 +28,33 @@ from labelsieve.engine.device import apply_threads  # noqa: E402
 from labelsieve.stages import STAGES  # noqa: E402
 
 TAIL = ("purify", "retrain", "evaluate")
-TAIL_OUTPUTS = ("purified", "model", "model.timings.json", "evaluate")
 
 
 def rerun_tail(run: Path, work: Path, overrides: list[str]) -> float:
-    """The last-epoch test accuracy of `run` (``<noise>-<method>[-seed<s>]``) with purify, retrain and
-    evaluate rerun under `overrides` on a scratch copy."""
+    """The last-epoch test accuracy of `run` with purify, retrain and evaluate rerun under `overrides`."""
+    return float(rerun(run, work, overrides, TAIL)["test_acc"])
+
+
+def rerun(run: Path, work: Path, overrides: list[str], stages: tuple[str, ...]) -> dict[str, Any]:
+    """The last of `stages` rerun in order on a scratch copy of the kept `run` (``<noise>-<method>[-seed<s>]``
+    under the `quality.py --work` folder `work`) with `overrides`; its summary. Their old outputs are not
+    copied, and the kept run is not touched."""
     noise, method, *seed = run.name.split("-")
     seeded = [f"runtime.seed={seed[0].removeprefix('seed')}"] if seed else []
     params = quality.method_params(work / "params.yaml", method, noise, [*overrides, *seeded])
     apply_threads(params.runtime.threads)
+    outputs = [Path(STAGES[name].out_dir).name for name in stages]
+    outputs += [f"{name}.timings.json" for name in outputs]
     with tempfile.TemporaryDirectory(dir=work) as scratch:
         copy = Path(scratch) / run.name
-        shutil.copytree(run, copy, ignore=shutil.ignore_patterns(*TAIL_OUTPUTS))
-        for name in TAIL:
+        shutil.copytree(run, copy, ignore=shutil.ignore_patterns(*outputs))
+        for name in stages:
             stage = STAGES[name]
             inputs = {k: quality._relocate(p, work / "dataset", copy) for k, p in stage.inputs.items()}
             summary = stage.run(
                 params, **inputs, out_dir=quality._relocate(stage.out_dir, work / "dataset", copy)
             )
-    return float(summary["test_acc"])
+    return summary
 
 
 def table(results: dict[str, dict[str, float]]) -> str:

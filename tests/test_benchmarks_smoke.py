@@ -158,6 +158,28 @@ def test_retrain_threshold_reproduces_a_kept_run_at_its_own_threshold(tmp_path: 
     assert "| mean |" in study.with_suffix(".md").read_text()
 
 
+@pytest.mark.integration
+def test_purify_source_reruns_purify_on_the_kept_networks_under_each_source(tmp_path: Path) -> None:
+    work, out = tmp_path / "work", tmp_path / "quality"
+    grip = (*TINY_QUALITY, "ssl_train.epochs=0", "retrain.epochs=0")  # one network, no SSL
+    sets = [f"--set={item}" for item in grip]
+    command = [sys.executable, str(BENCHMARKS / "quality.py"), "--out", str(out), "--work", str(work)]
+    subprocess.run(
+        [*command, "--noise", "sym50", "--methods", "grip", *sets], check=True, capture_output=True
+    )
+    saved = json.loads((out / "sym50-grip.json").read_text())["detection"]
+    study = tmp_path / "source.json"
+    script = [sys.executable, str(BENCHMARKS / "purify_source.py"), str(work), "--out", str(study)]
+    subprocess.run([*script, *sets], check=True, capture_output=True)
+    result = json.loads(study.read_text())["work/sym50-grip"]
+    assert set(result) == {"ssl", "group"}
+    own = load_params(BENCHMARKS.parent / "params.yaml", presets=["grip"]).purify.relabel_from
+    for key in ("f1", "auroc", "relabel_accuracy"):
+        assert result[own][key] == saved.get(key)  # the preset's own source: the saved run, bit for bit
+    assert result["ssl"] != result["group"]  # the two sources read different networks
+    assert "| sym50, mean of 1 | group |" in study.with_suffix(".md").read_text()
+
+
 def test_quality_key_covers_only_what_a_run_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     quality = _benchmark_module("quality")
     base = BENCHMARKS.parent / "params.yaml"

@@ -225,3 +225,5 @@ def test_grip_preset_fine_tunes_without_instance_purification():
     assert (params.warmup.epochs, cfg.epochs, cfg.schedule) == (12, 3, "continue")
     assert cfg.soft_weight > 0 and cfg.entropy_weight > 0
     assert not any(grip.purification_active(e, warmup_epochs=cfg.warmup_epochs) for e in range(cfg.epochs))
+    # purify reads the network GRIP leaves, not the CE epochs' (benchmarks/purify_source.py on the slice)
+    assert params.purify.relabel_from == "group"
