@@ -12,7 +12,6 @@ Fashion-MNIST tuning slice (`benchmarks/tuning_slice.py`) or on digits, never on
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -71,15 +70,7 @@ def _cell(value: float | None) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("work", nargs="+", help="quality.py --work folders (dataset/, params.yaml, runs)")
-    parser.add_argument(
-        "--set", action="append", default=[], help="a params override the runs were made with"
-    )
-    parser.add_argument("--out", help="write the figures here (JSON) and a Markdown table beside it")
-    args = parser.parse_args()
+    args = retrain_threshold.rerun_parser(__doc__).parse_args()
     results: dict[str, Any] = {}
     for work in map(Path, args.work):
         for run in sorted(p.parent for p in work.glob("*/labels")):

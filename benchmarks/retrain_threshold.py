@@ -70,16 +70,20 @@ def table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def rerun_parser(doc: str) -> argparse.ArgumentParser:
+    """The command line of a study that reruns stages of kept runs: WORK..., --set and --out."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("work", nargs="+", help="quality.py --work folders (dataset/, params.yaml, runs)")
-    parser.add_argument("--thresholds", required=True, help="comma-separated τ_r values in (0, 1)")
     parser.add_argument(
         "--set", action="append", default=[], help="a params override the runs were made with"
     )
-    parser.add_argument("--out", help="write the accuracies here (JSON) and a Markdown table beside it")
+    parser.add_argument("--out", help="write the figures here (JSON) and a Markdown table beside it")
+    return parser
+
+
+def main() -> None:
+    parser = rerun_parser(__doc__)
+    parser.add_argument("--thresholds", required=True, help="comma-separated τ_r values in (0, 1)")
     args = parser.parse_args()
     results: dict[str, Any] = {}
     for work in map(Path, args.work):
