@@ -254,7 +254,8 @@ def markdown(result: dict[str, Any]) -> str:
         "# Scale: a synthetic crawl through the stages",
         "",
         f"{env['cpu']} ({env['cores']} cores); torch {env['torch']}; {env['threads']} thread(s); "
-        f"commit {env['commit']}; {SIDE} px RGB, {CLASSES} classes; one fresh process per step.",
+        f"commit {env['commit']} (the latest sitting); {SIDE} px RGB, {CLASSES} classes; "
+        "one fresh process per step.",
         "",
         "Net s is the wall time less the time a process takes to start and import labelsieve and torch",
         "(measured in the same sitting); µs per image and the growth ratios use it.",
@@ -265,9 +266,10 @@ def markdown(result: dict[str, Any]) -> str:
         "CPU s is the step's user + system time (all its threads; blank where a sitting did not record it).",
         "A step marked cold cache ran after the kernel's page cache was dropped (`--cold-cache`): it read",
         "its input from disk, not from the memory the previous step left it in.",
+        "Sitting is the UTC time the invocation that measured the row started.",
         "",
-        "| N | step | wall s | net s | CPU s | µs per image | peak RSS MiB | peak anon MiB |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| N | step | sitting | wall s | net s | CPU s | µs per image | peak RSS MiB | peak anon MiB |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name in steps:
         for row in rows:
@@ -277,9 +279,10 @@ def markdown(result: dict[str, Any]) -> str:
             per = fig["net_seconds"] / row["n"] * 1e6
             cpu = f"{fig['cpu_seconds']:.1f}" if "cpu_seconds" in fig else ""
             label = f"{name}, cold cache" if fig.get("cold_cache") else name
+            sitting = fig["sitting"].replace("T", " ")[:16]
             lines.append(
-                f"| {row['n']:.0e} | {label} | {fig['seconds']:.1f} | {fig['net_seconds']:.1f} | {cpu} | "
-                f"{per:.1f} | {fig['peak_rss_mib']:.0f} | {fig['peak_anon_mib']:.0f} |"
+                f"| {row['n']:.0e} | {label} | {sitting} | {fig['seconds']:.1f} | {fig['net_seconds']:.1f} | "
+                f"{cpu} | {per:.1f} | {fig['peak_rss_mib']:.0f} | {fig['peak_anon_mib']:.0f} |"
             )
     lines += ["", "Growth from the smallest to the largest N of one sitting (linear = the size ratio):", ""]
     lines += [

@@ -367,9 +367,11 @@ def test_crawl_scale_images_are_distinct_and_growth_compares_one_sitting(tmp_pat
     # ingest's largest N was measured in sitting c alone: no ratio; purify's two sizes share sitting b
     assert "| ingest | 1e+01" not in table and "| ingest | 1e+02" not in table
     assert "| purify | 1e+01 -> 1e+03 | 100x | 10.00x | 10.00x | 1.00x |" in table
-    assert "| 1e+03 | purify | 45.0 | 40.0 | 120.0 | 40000.0 | 1 | 2 |" in table
+    assert "| 1e+03 | purify | b | 45.0 | 40.0 | 120.0 | 40000.0 | 1 | 2 |" in table
     rows[1]["steps"]["ingest"]["cold_cache"] = True
-    assert "| 1e+02 | ingest, cold cache | 35.0 |" in crawl_scale.markdown({"environment": env, "rows": rows})
+    rows[1]["steps"]["ingest"]["sitting"] = "2026-12-05T06:29:46Z"
+    table = crawl_scale.markdown({"environment": env, "rows": rows})
+    assert "| 1e+02 | ingest, cold cache | 2026-12-05 06:29 | 35.0 |" in table
 
 
 def test_crawl_scale_cold_cache_names_the_file_it_could_not_write(
