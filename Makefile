@@ -13,7 +13,7 @@ run: bootstrap
 
 test: bootstrap
 	$(UV) run ruff check .
-	$(UV) run pytest -q -n 2 --dist loadfile
+	$(UV) run pytest -q -n 2 --dist loadfile --durations=15
 
 lint: bootstrap
 	$(UV) run ruff check .
