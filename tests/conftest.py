@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import io
 import socket
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -33,6 +34,22 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Temporary files of libraries and child processes go to this session's pytest folder, not /tmp.
+
+    kfp's local runner writes a folder per component, torchrun one per launch and DVC an analytics report per
+    command; pytest keeps its last three session folders, so none of this piles up. DVC's usage analytics
+    are off in the repositories the tests create (this repository's `.dvc/config` turns them off for it).
+    """
+    folder = tmp_path_factory.mktemp("tmp")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", str(folder))
+        patch.setenv("DVC_NO_ANALYTICS", "1")
+        patch.setattr(tempfile, "tempdir", str(folder))
+        yield
 
 
 @pytest.fixture

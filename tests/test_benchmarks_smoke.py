@@ -139,7 +139,9 @@ def test_quality_runs_reuses_and_reports_failures(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_retrain_threshold_reproduces_a_kept_run_at_its_own_threshold(tmp_path: Path) -> None:
+def test_retrain_studies_reproduce_a_kept_run_with_its_own_params(tmp_path: Path) -> None:
+    """`retrain_threshold.py` at the run's own τ_r and `retrain_variants.py`'s plain variant rerun it bit for
+    bit; another τ_r or variant trains another network."""
     work, out = tmp_path / "work", tmp_path / "quality"
     sets = [f"--set={item}" for item in TINY_QUALITY]
     command = [sys.executable, str(BENCHMARKS / "quality.py"), "--out", str(out), "--work", str(work)]
@@ -156,6 +158,13 @@ def test_retrain_threshold_reproduces_a_kept_run_at_its_own_threshold(tmp_path: 
     assert result[own] == saved["last_test_acc"]  # the same params rerun: the same network, bit for bit
     assert not any(work.glob("tmp*"))  # the scratch copy is gone; the kept run is untouched
     assert "| mean |" in study.with_suffix(".md").read_text()
+    variants = tmp_path / "variants.json"
+    script = [sys.executable, str(BENCHMARKS / "retrain_variants.py"), str(work), "--out", str(variants)]
+    chosen = ["--variant", "own", "--variant", "forward:retrain.noise_correction=forward"]
+    subprocess.run([*script, *chosen, *sets], check=True, capture_output=True)
+    result = json.loads(variants.read_text())["work/sym50-labelsieve"]
+    assert result["own"] == saved["last_test_acc"] and 0.0 < result["forward"] <= 1.0
+    assert result["forward"] != result["own"]
 
 
 @pytest.mark.integration

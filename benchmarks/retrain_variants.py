@@ -1,0 +1,53 @@
+"""Retrain variants, measured on kept runs: each a name and `--set` overrides of the retrain stage.
+
+For every kept `labelsieve` run under the WORK folders (`quality.py --work`) and every variant, purify,
+retrain and evaluate are rerun on a scratch copy of the run (`retrain_threshold.rerun_tail`; the kept run
+is not touched), and the retrained network's last-epoch test accuracy is recorded. A variant is NAME or
+NAME:KEY=VALUE[;KEY=VALUE...]; NAME alone is the runs' own params. Choose on the Fashion-MNIST tuning slice
+(`benchmarks/tuning_slice.py`) or on digits, never on the benchmark's runs:
+
+    uv run python benchmarks/retrain_variants.py WORK... --variant base \\
+        --variant forward:retrain.noise_correction=forward --set runtime.threads=1 \\
+        --set ingest.source=/tmp/fm-tune/manifest.csv --set ingest.per_class_limit=0
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks import purify_ceiling, retrain_threshold  # noqa: E402
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """NAME[:KEY=VALUE;...] -> (NAME, ["KEY=VALUE", ...])."""
+    name, _, overrides = text.partition(":")
+    items = [item for item in overrides.split(";") if item]
+    if not name or any("=" not in item for item in items):
+        raise SystemExit(f"--variant {text!r}: expected NAME or NAME:KEY=VALUE[;KEY=VALUE...]")
+    return name, items
+
+
+def main() -> None:
+    parser = retrain_threshold.rerun_parser(__doc__)
+    parser.add_argument("--variant", action="append", required=True, type=parse_variant)
+    args = parser.parse_args()
+    results: dict[str, Any] = {}
+    for work in map(Path, args.work):
+        for run in sorted(p.parent.parent for p in work.glob("*-labelsieve*/ssl/dynamics.npz")):
+            results[f"{work.name}/{run.name}"] = {
+                name: retrain_threshold.rerun_tail(run, work, [*args.set, *overrides])
+                for name, overrides in args.variant
+            }
+            print(run.name, results[f"{work.name}/{run.name}"], flush=True)
+    if not results:
+        raise SystemExit(f"no labelsieve run with ssl/dynamics.npz under {', '.join(args.work)}")
+    purify_ceiling.report(results, retrain_threshold.table, args.out)
+
+
+if __name__ == "__main__":
+    main()
