@@ -101,9 +101,8 @@ def params_read(resolved: dict[str, Any]) -> dict[str, Any]:
     the runs of `ce`, `clean`, `grip` and `sssl` keep their key when the co-training params change. A
     stage with no epoch passes its input through, so only its `epochs` counts, and `retrain.flag_threshold`
     counts only when retrain trains on purified labels; GRIP's own lr schedule counts as it did before
-    `group_regularize.schedule` existed, and retrain's plain loss as it did before
-    `retrain.noise_correction`. Only a mixup warm-up reads `warmup.alpha`; other runs count it at its
-    built-in default. A run with co-trained or GRIP networks reports purify's
+    `group_regularize.schedule` existed. Only a mixup warm-up reads `warmup.alpha`; other
+    runs count it at its built-in default. A run with co-trained or GRIP networks reports purify's
     decisions, so it also counts the rule's version (`purification.RULE_VERSION`) and, without SSL epochs,
     that the rule unmixes the networks' probabilities (`probs_from="noisy_labels"`).
     """
@@ -117,8 +116,6 @@ def params_read(resolved: dict[str, Any]) -> dict[str, Any]:
         read["retrain"].pop("flag_threshold", None)
     if read["group_regularize"].get("schedule") == "grip":  # the only schedule before the key existed
         del read["group_regularize"]["schedule"]
-    if read["retrain"].get("noise_correction") == "none":  # likewise: the only loss before the key existed
-        del read["retrain"]["noise_correction"]
     if read["warmup"]["loss"] != "mixup" or read["warmup"]["epochs"] == 0:
         read["warmup"]["alpha"] = WarmupConfig().alpha
     if read["ssl_train"]["epochs"] > 0 or read["group_regularize"]["epochs"] > 0:

@@ -6,8 +6,8 @@ is not touched), and the retrained network's last-epoch test accuracy is recorde
 NAME:KEY=VALUE[;KEY=VALUE...]; NAME alone is the runs' own params. Choose on the Fashion-MNIST tuning slice
 (`benchmarks/tuning_slice.py`) or on digits, never on the benchmark's runs:
 
-    uv run python benchmarks/retrain_variants.py WORK... --variant base \\
-        --variant forward:retrain.noise_correction=forward --set runtime.threads=1 \\
+    uv run python benchmarks/retrain_variants.py WORK... --variant own \\
+        --variant "d0.25:retrain.distill=0.25" --set runtime.threads=1 \\
         --set ingest.source=/tmp/fm-tune/manifest.csv --set ingest.per_class_limit=0
 """
 

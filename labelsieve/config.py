@@ -262,9 +262,6 @@ class RetrainConfig:
         2, 1, 100_000, doc="soft-target correction every this many epochs from e_s"
     )
     correction_momentum: float = bounded(0.9, 0.0, 1.0, doc="m: t <- m t + (1 - m) softmax(z)")
-    # forward: a kept sample's label part of the loss is -log (T p)_label with T purify's estimated noise
-    # matrix (docs/algorithms.md §5.2); CE epochs only
-    noise_correction: Literal["none", "forward"] = "none"
 
 
 @dataclass(frozen=True)

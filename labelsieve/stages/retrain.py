@@ -36,7 +36,6 @@ Outputs: the model package (labelsieve/package.py), ``history.json`` and ``soft_
 from __future__ import annotations
 
 import hashlib
-import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +54,7 @@ from labelsieve.engine.device import autocast, resolve_device
 from labelsieve.engine.resident import TrainingData
 from labelsieve.engine.stream import prefetch
 from labelsieve.errors import LabelsieveError
-from labelsieve.maths import correction, division, mixmatch, neighbours, purification
+from labelsieve.maths import division, mixmatch, neighbours, purification
 from labelsieve.maths.purification import DROP, KEEP, RELABEL
 from labelsieve.models import Classifier
 from labelsieve.package import save_package
@@ -77,21 +76,18 @@ class TrainingLabels:
         decision: int8 (N,) KEEP, RELABEL or DROP; all KEEP for the raw noisy labels.
         source: "purified" or "noisy".
         probs: float32 (N, C) the co-trained ensemble's prediction (purify's `train_probs`), or None.
-        noise_matrix: float64 (C, C) purify's estimate T[i, j] = P(given i | true j), read only for
-            `retrain.noise_correction: forward`; else None.
     """
 
     labels: np.ndarray
     decision: np.ndarray
     source: str
     probs: np.ndarray | None = None
-    noise_matrix: np.ndarray | None = None
 
     @property
     def digest(self) -> str:
         """Identity of the labels, for the checkpoint key."""
-        parts = (self.labels, self.decision, self.probs, self.noise_matrix)
-        return hashlib.sha256(b"".join(b"" if a is None else a.tobytes() for a in parts)).hexdigest()
+        probs = b"" if self.probs is None else self.probs.tobytes()
+        return hashlib.sha256(self.labels.tobytes() + self.decision.tobytes() + probs).hexdigest()
 
 
 @dataclass
@@ -102,18 +98,11 @@ class SampleState:
         train_ids: int64 (M,) the sample ids iterated over (dropped ones left out under `exclude`).
         loss_weight: float32 (N,) 1 for a labelled sample, 0 for a dropped one kept as unlabeled.
         targets: float32 (N, C) soft targets t; rows of samples outside ``train_ids`` are never used.
-        labels: int64 (N,) each sample's label (clamped to a class where dropped).
-        label_share: float32 (N,) the weight of onehot(label) in t whose loss is forward-corrected (1 − β
-            for a sample kept with its given label), 0 where it is not; all 0 without `noise_correction`.
-        noise_matrix: (C, C) purify's estimated T for the forward correction, or None.
     """
 
     train_ids: torch.Tensor
     loss_weight: torch.Tensor
     targets: torch.Tensor
-    labels: torch.Tensor
-    label_share: torch.Tensor
-    noise_matrix: torch.Tensor | None = None
 
 
 def read_labels(params: Params, data: TrainingData, purified_dir: str | Path | None) -> TrainingLabels:
@@ -167,30 +156,7 @@ def read_labels(params: Params, data: TrainingData, purified_dir: str | Path | N
         given = data.train_labels.cpu().numpy()
         decision, labels = redecide(Path(purified_dir), given, classes, params.retrain.flag_threshold)
     used_probs = probs.astype(np.float32) if probs is not None and wants_probs else None
-    forward = params.retrain.noise_correction == "forward"
-    matrix = noise_matrix(Path(purified_dir), classes) if forward else None
-    return TrainingLabels(labels.astype(np.int64), decision.astype(np.int8), "purified", used_probs, matrix)
-
-
-def noise_matrix(purified_dir: Path, num_classes: int) -> np.ndarray:
-    """Purify's estimated noise matrix T (``summary.json``: `noise_estimate.noise_matrix`); columns sum to 1.
-
-    Raises:
-        LabelsieveError: the summary is missing or unreadable, or the matrix is not a (C, C) column-stochastic
-            matrix.
-    """
-    path = purified_dir / "summary.json"
-    fix = "retrain.noise_correction: forward reads it; set it to none, or rerun `labelsieve purify`"
-    try:
-        matrix = np.asarray(json.loads(path.read_text())["noise_estimate"]["noise_matrix"], dtype=np.float64)
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise LabelsieveError(f"{path} has no readable noise_estimate.noise_matrix ({err}); {fix}") from err
-    shape = (num_classes, num_classes)
-    if matrix.shape != shape or not np.isfinite(matrix).all() or (matrix < 0).any():
-        raise LabelsieveError(f"{path}: the noise matrix must be finite, non-negative, {shape}; {fix}")
-    if not np.allclose(matrix.sum(axis=0), 1.0, atol=1e-4):
-        raise LabelsieveError(f"{path}: the noise matrix's columns must sum to 1; {fix}")
-    return matrix
+    return TrainingLabels(labels.astype(np.int64), decision.astype(np.int8), "purified", used_probs)
 
 
 def redecide(
@@ -230,49 +196,21 @@ def redecide(
     )
 
 
-def check_correction(cfg: RetrainConfig) -> None:
-    """`noise_correction: forward` needs purify's noise matrix and CE epochs only (its loss splits a target
-    into its label part and the rest, which mixup and synthetic samples blur).
-
-    Raises:
-        LabelsieveError: forward correction is asked for without purified labels or with mixing epochs.
-    """
-    if cfg.noise_correction == "none":
-        return
-    if not cfg.use_purified:
-        raise LabelsieveError(
-            "retrain.noise_correction: forward needs purify's noise matrix, but retrain.use_purified is "
-            "false; set one of them the other way"
-        )
-    if cfg.warmup_epochs < cfg.epochs:
-        raise LabelsieveError(
-            f"retrain.noise_correction: forward applies to CE epochs only, but retrain.warmup_epochs "
-            f"({cfg.warmup_epochs}) < retrain.epochs ({cfg.epochs}) would mix samples from epoch "
-            f"{cfg.warmup_epochs}; set warmup_epochs >= epochs or noise_correction: none"
-        )
-
-
 def initial_state(
     labels: TrainingLabels, num_classes: int, cfg: RetrainConfig, device: torch.device
 ) -> SampleState:
     """Soft targets, loss weights and the iterated ids (the module docstring's `dropped` and `distill`).
 
     A kept sample's target is onehot(label), mixed with the ensemble's prediction when `cfg.distill` > 0;
-    a dropped one's is uniform with weight 0 (`unlabeled`) or the ensemble's prediction (`ensemble`). With
-    `cfg.noise_correction: forward`, the onehot part of a sample kept with its given label is marked for the
-    forward-corrected loss (`label_share`); a relabelled sample's new label is taken as true.
+    a dropped one's is uniform with weight 0 (`unlabeled`) or the ensemble's prediction (`ensemble`).
     """
     decision = torch.from_numpy(labels.decision).to(device)
     kept = decision != DROP
     safe = torch.from_numpy(labels.labels).to(device).clamp(0, num_classes - 1)  # -1 would break one_hot
     targets = F.one_hot(safe, num_classes).float()
     ensemble = None if labels.probs is None else torch.from_numpy(labels.probs).to(device)
-    share = 1.0
     if ensemble is not None and cfg.distill > 0:
         targets = (1.0 - cfg.distill) * targets + cfg.distill * ensemble
-        share = 1.0 - cfg.distill
-    matrix = None if labels.noise_matrix is None else torch.from_numpy(labels.noise_matrix).float().to(device)
-    label_share = (decision == KEEP).float() * share if matrix is not None else torch.zeros(len(decision))
     if cfg.dropped == "ensemble" and ensemble is not None:
         targets = torch.where(kept[:, None], targets, ensemble)
         loss_weight = torch.ones(len(decision), device=device)
@@ -281,14 +219,7 @@ def initial_state(
         loss_weight = kept.float()
     ids = torch.arange(len(decision), device=device)
     train_ids = ids[loss_weight > 0] if cfg.dropped == "exclude" else ids
-    return SampleState(
-        train_ids=train_ids,
-        loss_weight=loss_weight,
-        targets=targets,
-        labels=safe,
-        label_share=label_share.to(device),
-        noise_matrix=matrix,
-    )
+    return SampleState(train_ids=train_ids, loss_weight=loss_weight, targets=targets)
 
 
 def starting_network(
@@ -434,30 +365,6 @@ def weighted_soft_ce(logits: torch.Tensor, targets: torch.Tensor, weight: torch.
     return neighbours.soft_cross_entropy(logits, targets * weight[:, None]) * scale
 
 
-def forward_corrected_ce(
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    weight: torch.Tensor,
-    labels: torch.Tensor,
-    share: torch.Tensor,
-    matrix: torch.Tensor,
-) -> torch.Tensor:
-    """`weighted_soft_ce` with the label part of each target scored through the noise matrix (§5.2).
-
-    Row b's loss is CE(z_b, t_b) − s_b (−log p_ℓ) + s_b (−log (T p)_ℓ), with ℓ = ``labels[b]`` and
-    s_b = ``share[b]``: the s_b·onehot(ℓ) part of t_b is scored by `correction.forward_nll`, the rest as it
-    is. Rows with s_b = 0 keep their plain soft CE.
-
-    Args:
-        logits: (B, C); targets: (B, C); weight: (B,) loss weights; labels: (B,) int64; share: (B,) s_b;
-        matrix: (C, C) T.
-    """
-    z = logits.float()
-    extra = correction.forward_nll(z, labels, matrix) - F.cross_entropy(z, labels, reduction="none")
-    scale = weight.numel() / weight.sum().clamp_min(1.0)
-    return weighted_soft_ce(logits, targets, weight) + (share * weight * extra).mean() * scale
-
-
 def prepare_epoch(
     model: torch.nn.Module, data: TrainingData, state: SampleState, *, params: Params, epoch: int
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, dict[str, Any]]:
@@ -601,12 +508,7 @@ def train_epoch(
                 x, t = mixmatch.mix(x, t, lam, perm)
         with autocast(x.device, params.runtime.precision):
             logits = trainer(x).float()
-        if state.noise_matrix is not None and kind == "ce":
-            weight, labels, share = state.loss_weight[idx], state.labels[idx], state.label_share[idx]
-            batch_loss = forward_corrected_ce(logits, t, weight, labels, share, state.noise_matrix)
-        else:
-            batch_loss = weighted_soft_ce(logits, t, state.loss_weight[idx])
-        loss = distributed.scaled(batch_loss, len(idx), size)
+        loss = distributed.scaled(weighted_soft_ce(logits, t, state.loss_weight[idx]), len(idx), size)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -651,7 +553,6 @@ def run(
         LabelsieveError: the purified labels or the networks to start from are missing or do not fit.
     """
     cfg = params.retrain
-    check_correction(cfg)
     device = distributed.setup(resolve_device(params.runtime.device))
     data = TrainingData.load(dataset_dir, labels_dir, device, params.runtime.data_path)
     labels = read_labels(params, data, purified_dir)

@@ -1,19 +1,17 @@
 """Integration tests of the retrain stage (SSSL, §5) on digits: labels, schedule, resume, and SSSL vs CE."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from labelsieve.config import load_params
 from labelsieve.data.store import load_dataset
 from labelsieve.engine import checkpoint as checkpoint_module
 from labelsieve.engine.augment import to_float
 from labelsieve.errors import LabelsieveError
-from labelsieve.maths import neighbours, noise
+from labelsieve.maths import neighbours
 from labelsieve.package import load_package
 from labelsieve.stages import ingest, inject_noise, retrain, warmup
 
@@ -334,101 +332,3 @@ def test_ensemble_package_holds_the_retrained_and_the_co_trained_networks(data_d
         retrain.run(
             params, **data_dirs, purified_dir=None, ssl_dir=tmp_path / "none", out_dir=tmp_path / "m2"
         )
-
-
-# ----------------------------------------------------------------------------- forward correction (§5.2)
-
-
-def test_forward_corrected_ce_matches_a_float64_reference():
-    gen = torch.Generator().manual_seed(3)
-    logits = torch.randn(5, 3, generator=gen, dtype=torch.float64)
-    ensemble = F.softmax(torch.randn(5, 3, generator=gen, dtype=torch.float64), dim=1)
-    labels = torch.tensor([0, 2, 1, 1, 0])
-    share = torch.tensor([0.5, 0.5, 0.0, 0.5, 0.5], dtype=torch.float64)  # row 2 relabelled: plain CE
-    weight = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0], dtype=torch.float64)  # row 3 dropped, kept unlabeled
-    targets = 0.5 * F.one_hot(labels, 3).double() + 0.5 * ensemble
-    matrix = torch.tensor([[0.7, 0.2, 0.0], [0.3, 0.8, 0.1], [0.0, 0.0, 0.9]], dtype=torch.float64)
-    got = retrain.forward_corrected_ce(logits, targets, weight, labels, share, matrix)
-    p = F.softmax(logits, dim=1).numpy()
-    t, m, s, w = targets.numpy(), matrix.numpy(), share.numpy(), weight.numpy()
-    rows = []
-    for b in range(5):  # the label part s_b onehot(ℓ) through T, the rest of t as it is
-        rest = t[b].copy()
-        rest[labels[b]] -= s[b]
-        rows.append(w[b] * (-(rest * np.log(p[b])).sum() - s[b] * np.log(m[labels[b]] @ p[b])))
-    assert got.item() == pytest.approx(sum(rows) / w.sum(), rel=1e-6)  # soft CE runs in float32
-
-
-def test_initial_state_marks_only_samples_kept_with_their_given_label():
-    cfg = _params("retrain.distill=0.25", "retrain.dropped=ensemble").retrain
-    labels = _labels_with_probs()
-    forward = retrain.TrainingLabels(labels.labels, labels.decision, "purified", labels.probs, np.eye(3))
-    state = retrain.initial_state(forward, 3, cfg, torch.device("cpu"))
-    assert state.label_share.tolist() == [0.75, 0.0, 0.0] and state.noise_matrix is not None
-    plain = retrain.initial_state(labels, 3, cfg, torch.device("cpu"))
-    assert plain.label_share.tolist() == [0.0, 0.0, 0.0] and plain.noise_matrix is None
-
-
-def test_forward_correction_needs_ce_epochs_and_purified_labels(data_dirs, tmp_path):
-    with pytest.raises(LabelsieveError, match=r"CE epochs only.*warmup_epochs \(1\) < retrain.epochs \(3\)"):
-        forward = ("retrain.use_purified=true", "retrain.noise_correction=forward")
-        _retrain(_params("retrain.epochs=3", "retrain.warmup_epochs=1", *forward), data_dirs, tmp_path / "m")
-    with pytest.raises(LabelsieveError, match=r"noise matrix, but retrain.use_purified is false"):
-        _retrain(
-            _params("retrain.epochs=1", "retrain.noise_correction=forward", "retrain.use_purified=false"),
-            data_dirs,
-            tmp_path / "m",
-        )
-
-
-def test_noise_matrix_refuses_a_missing_or_malformed_summary(tmp_path):
-    with pytest.raises(LabelsieveError, match=r"summary.json has no readable noise_estimate.noise_matrix"):
-        retrain.noise_matrix(tmp_path, 2)
-    summary = tmp_path / "summary.json"
-    malformed = (([[1.0, 0.0]], r"finite, non-negative, \(2, 2\)"), ([[0.6, 0.2], [0.2, 0.6]], "sum to 1"))
-    for matrix, problem in malformed:
-        summary.write_text(json.dumps({"noise_estimate": {"noise_matrix": matrix}}))
-        with pytest.raises(LabelsieveError, match=problem):
-            retrain.noise_matrix(tmp_path, 2)
-
-
-def test_forward_correction_keeps_the_true_class_under_a_swap(data_dirs, tmp_path):
-    """Digits with 40% of the 1s labelled 7 and of the 7s labelled 1, every label kept, the exact noise matrix
-    in purify's summary, retrain fine-tuning a network warmed up on the true labels (as it fine-tunes the
-    co-trained one): plain CE drags p(true class) of test 1s and 7s towards the labels' 0.6, the corrected
-    loss keeps it high."""
-    arrays = dict(np.load(data_dirs["labels_dir"] / "labels.npz"))
-    true = arrays["train_true_labels"]
-    clean = tmp_path / "clean_labels"
-    shutil.copytree(data_dirs["labels_dir"], clean)
-    np.savez(clean / "labels.npz", **arrays | {"train_labels": true, "val_labels": arrays["val_true_labels"]})
-    start = tmp_path / "start"
-    warmup_params = _params("warmup.epochs=6", "warmup.networks=2")
-    warmup.run(warmup_params, dataset_dir=data_dirs["dataset_dir"], labels_dir=clean, out_dir=start)
-    given = true.copy()
-    rng = np.random.default_rng(0)
-    for a, b in ((1, 7), (7, 1)):
-        members = np.flatnonzero(true == a)
-        given[rng.choice(members, size=int(0.4 * len(members)), replace=False)] = b
-    np.savez(tmp_path / "labels.npz", train_labels=given, train_decision=np.zeros(len(given), np.int8))
-    matrix = noise.noise_matrix(true, given, 10)
-    (tmp_path / "summary.json").write_text(json.dumps({"noise_estimate": {"noise_matrix": matrix.tolist()}}))
-    dataset = load_dataset(data_dirs["dataset_dir"])
-    images, test_true = torch.from_numpy(np.array(dataset.images("test"))), dataset.labels("test")
-    confidence = {}
-    for correction in ("none", "forward"):
-        out = tmp_path / correction
-        params = _params(
-            "retrain.use_purified=true",
-            "retrain.init_from=ssl",
-            "retrain.epochs=8",
-            "retrain.warmup_epochs=8",
-            f"retrain.noise_correction={correction}",
-        )
-        retrain.run(params, **data_dirs, purified_dir=tmp_path, ssl_dir=start, out_dir=out)
-        model, meta = load_package(out)
-        with torch.no_grad():
-            probs = F.softmax(model(to_float(images, meta["mean"], meta["std"])), dim=1).numpy()
-        swapped = np.isin(test_true, (1, 7))
-        confidence[correction] = float(probs[swapped, test_true[swapped]].mean())
-    assert confidence["forward"] > confidence["none"] + 0.15, confidence
