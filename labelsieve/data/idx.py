@@ -107,7 +107,15 @@ def load_fashion_mnist(
                     "install Debian's dataset-fashion-mnist or allow the download"
                 )
             source = url.rstrip("/") + "/" + name
-            data = _download(source)
+            try:
+                data = _download(source)
+            except DatasetFileError as err:
+                raise DatasetFileError(
+                    f"{name} is not in {directory} or {cache_dir}, and {err}. Put the files in "
+                    f"{directory} (scripts/bootstrap.sh copies Debian's dataset-fashion-mnist into "
+                    "data/raw), point ingest.fashion_mnist_dir at a folder that has them, "
+                    "or check the network"
+                ) from err
             payload = _decompress(data, name=source)
             verify(payload, name=source, expected_sha256=sha)  # before caching: never keep a bad file
             write_bytes(cache_dir / name, data)

@@ -1,6 +1,7 @@
 import functools
 import gzip
 import http.server
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -99,5 +100,11 @@ def test_load_fashion_mnist_unreachable_server_is_a_clear_error(tmp_path, make_p
         f"ingest.cache_dir={tmp_path / 'c'}",
         f"ingest.download_url=http://127.0.0.1:{free_port()}/",
     )
-    with pytest.raises(SourceError, match="fashion-mnist: cannot download http://127.0.0.1"):
+    cache = tmp_path / "c" / "fashion-mnist"
+    expected = (
+        rf"fashion-mnist: train-images-idx3-ubyte.gz is not in {re.escape(str(tmp_path))} or "
+        rf"{re.escape(str(cache))}, and cannot download "
+        r"http://127.0.0.1.*scripts/bootstrap.sh copies Debian's dataset-fashion-mnist"
+    )
+    with pytest.raises(SourceError, match=expected):
         ingest.run(params, out_dir=tmp_path / "ds")
