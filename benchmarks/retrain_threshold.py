@@ -81,20 +81,28 @@ def rerun_parser(doc: str) -> argparse.ArgumentParser:
     return parser
 
 
+def rerun_variants(
+    works: list[str], sets: list[str], variants: list[tuple[str, list[str]]]
+) -> dict[str, dict[str, float]]:
+    """``{"<work>/<run>": {variant: test accuracy}}``: `rerun_tail` of every kept `labelsieve` run under the
+    `works` folders with `sets` plus each variant's overrides."""
+    results: dict[str, dict[str, float]] = {}
+    for work in map(Path, works):
+        for run in sorted(p.parent.parent for p in work.glob("*-labelsieve*/ssl/dynamics.npz")):
+            key = f"{work.name}/{run.name}"
+            results[key] = {name: rerun_tail(run, work, [*sets, *extra]) for name, extra in variants}
+            print(key, results[key], flush=True)
+    if not results:
+        raise SystemExit(f"no labelsieve run with ssl/dynamics.npz under {', '.join(works)}")
+    return results
+
+
 def main() -> None:
     parser = rerun_parser(__doc__)
     parser.add_argument("--thresholds", required=True, help="comma-separated τ_r values in (0, 1)")
     args = parser.parse_args()
-    results: dict[str, Any] = {}
-    for work in map(Path, args.work):
-        for run in sorted(p.parent.parent for p in work.glob("*-labelsieve*/ssl/dynamics.npz")):
-            results[f"{work.name}/{run.name}"] = {
-                t: rerun_tail(run, work, [*args.set, f"retrain.flag_threshold={t}"])
-                for t in args.thresholds.split(",")
-            }
-    if not results:
-        raise SystemExit(f"no labelsieve run with ssl/dynamics.npz under {', '.join(args.work)}")
-    purify_ceiling.report(results, table, args.out)
+    variants = [(t, [f"retrain.flag_threshold={t}"]) for t in args.thresholds.split(",")]
+    purify_ceiling.report(rerun_variants(args.work, args.set, variants), table, args.out)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -36,16 +35,7 @@ def main() -> None:
     parser = retrain_threshold.rerun_parser(__doc__)
     parser.add_argument("--variant", action="append", required=True, type=parse_variant)
     args = parser.parse_args()
-    results: dict[str, Any] = {}
-    for work in map(Path, args.work):
-        for run in sorted(p.parent.parent for p in work.glob("*-labelsieve*/ssl/dynamics.npz")):
-            results[f"{work.name}/{run.name}"] = {
-                name: retrain_threshold.rerun_tail(run, work, [*args.set, *overrides])
-                for name, overrides in args.variant
-            }
-            print(run.name, results[f"{work.name}/{run.name}"], flush=True)
-    if not results:
-        raise SystemExit(f"no labelsieve run with ssl/dynamics.npz under {', '.join(args.work)}")
+    results = retrain_threshold.rerun_variants(args.work, args.set, args.variant)
     purify_ceiling.report(results, retrain_threshold.table, args.out)
 
 
