@@ -7,7 +7,8 @@ one thread, the stages before `retrain` run once; then `retrain` runs four ways 
 - ``scratch``: a fresh network on the hard purified labels, dropped samples left out;
 - ``scratch+distill``: a fresh network, targets ½ purified label + ½ ensemble prediction, dropped samples
   kept with the ensemble's prediction;
-- ``ssl+distill``: the same targets, starting from ssl_train's first network (the `params.yaml` default),
+- ``ssl+distill``: the same targets, starting from ssl_train's first network (the `params.yaml` default's
+  start and dropped samples; β is 0.5 here as when this study ran, the default is now 0.25, §5.1),
   also packaged with the co-trained networks (``ssl+distill package``: the mean logits of all three);
 - ``ssl``: starting from that network, hard labels, dropped samples left out.
 
