@@ -48,6 +48,7 @@ from benchmarks.environment import cpu_model, device_name, peak_rss_mib  # noqa:
 from labelsieve.atomic import write_json, write_text  # noqa: E402
 from labelsieve.config import Params, WarmupConfig, load_params, preset_names  # noqa: E402
 from labelsieve.engine import loop  # noqa: E402
+from labelsieve.engine.allocator import tune_malloc  # noqa: E402
 from labelsieve.engine.device import apply_threads, resolve_device  # noqa: E402
 from labelsieve.engine.resident import TrainingData  # noqa: E402
 from labelsieve.maths import purification  # noqa: E402
@@ -297,10 +298,13 @@ def table(results: list[dict[str, Any]]) -> str:
             _cell(d.get("noise_rate_after"), "{:.3f}", 1),
             epochs,
             ratios,
-            f"{r['wall_seconds']:.0f}",
+            f"{r['wall_seconds']:.0f}" + (" (resumed)" if r.get("resumed") else ""),
             f"{r['peak_rss_mb']:.0f}",
         ]
         lines.append("| " + " | ".join(line) + " |")
+    if any(r.get("resumed") for r in results):
+        note = "(resumed): the run went on from a stopped run's checkpoints; its wall time is the rest."
+        lines += ["", note]
     if any(r.get("stale") for r in results):
         lines += [
             "",
@@ -333,6 +337,7 @@ def main() -> None:
         method, noise, dataset, run_dir = args.one
         params = method_params(Path(args.params), method, noise, args.set)
         apply_threads(params.runtime.threads)
+        tune_malloc()  # as every labelsieve command does
         if method == "cleanlab":
             figures = cleanlab_peer.run(params, Path(dataset), Path(run_dir))
             figures |= {"peak_rss_mb": peak_rss_mib(), "threads": torch.get_num_threads()}
@@ -367,6 +372,8 @@ def main() -> None:
             # The dataset's splits are seeded by runtime.seed: ingest without the run's seed, so every seed of
             # every invocation trains on the same split however --seeds is ordered or divided.
             shared = method_params(base, method, noise, args.set)
+            # A run stopped part-way (--work) resumes from its stages' checkpoints: its wall time is partial.
+            resumed = (Path(tmp) / name).is_dir() and any((Path(tmp) / name).iterdir())
             figures = run_in_child(shared, method, noise, overrides, base, Path(tmp), name)
             if figures is None:
                 failed.append(name)
@@ -380,6 +387,7 @@ def main() -> None:
                 "machine": f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}"
                 + gpu_name(params),
                 **figures,
+                **({"resumed": True} if resumed else {}),
             }
             write_json(path, result)
             print(json.dumps(result), flush=True)

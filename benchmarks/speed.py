@@ -61,7 +61,8 @@ from benchmarks.environment import clock, cpu_model, device_name, git_commit, pe
 from labelsieve.atomic import write_json, write_text  # noqa: E402
 from labelsieve.config import Params, RetrainConfig, load_params  # noqa: E402
 from labelsieve.engine import loop  # noqa: E402
-from labelsieve.engine.device import resolve_device, use_bf16  # noqa: E402
+from labelsieve.engine.allocator import tune_malloc  # noqa: E402
+from labelsieve.engine.device import apply_threads, resolve_device, use_bf16  # noqa: E402
 from labelsieve.engine.resident import TrainingData  # noqa: E402
 from labelsieve.maths import grip  # noqa: E402
 from labelsieve.stages import (  # noqa: E402
@@ -375,7 +376,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"`{result['command']}`",
         "",
         f"{result['machine']}; device {result['device']} ({result['device_name']}); torch {result['torch']}, "
-        f"{result['threads']} thread(s), bf16 {result['bf16']}; commit {result['commit']}.",
+        f"{result['threads']} thread(s), bf16 {result['bf16']}, "
+        f"malloc tuned {result.get('malloc_tuned', False)}; commit {result['commit']}.",
         f"{cond['model']}, {cond['train_samples']:,} training images {cond['image_shape']}, batch "
         f"{cond['batch_size']} (SSL {cond['ssl_batch_size']}), seed {cond['seed']}; median of "
         f"{cond['repeats']} interleaved repeats; load average {result['load_before'][0]:.2f} before, "
@@ -435,6 +437,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--smoke", action="store_true", help="digits and one warm-up epoch: a quick check")
     parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="keep glibc's malloc defaults instead of labelsieve's (engine/allocator.py): its A/B",
+    )
+    parser.add_argument(
         "--out", help="folder for speed.json and speed.md (default benchmarks/results; smoke: a temp folder)"
     )
     args = parser.parse_args(argv)
@@ -456,8 +463,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     overrides = ["runtime.progress=never", *(SMOKE if args.smoke else ()), *args.overrides]
     params = load_params(args.params, presets=["digits"] if args.smoke else [], overrides=overrides)
-    if params.runtime.threads:
-        torch.set_num_threads(params.runtime.threads)
+    apply_threads(params.runtime.threads)
+    malloc_tuned = False if args.default_malloc else tune_malloc()  # as every labelsieve command does
     device = resolve_device(params.runtime.device)
     name = device_name(device)
     load_before = os.getloadavg()
@@ -479,6 +486,7 @@ def main(argv: list[str] | None = None) -> None:
         "device_name": name,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "malloc_tuned": malloc_tuned,
         "bf16": use_bf16(device, params.runtime.precision),
         "commit": git_commit(),
         "conditions": {

@@ -103,12 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _params(args: argparse.Namespace) -> Params:
-    """Params from --params (else ./params.yaml if present), --preset and --set; applies runtime.threads."""
+    """Params from --params (else ./params.yaml if present), --preset and --set; applies runtime.threads
+    and labelsieve's malloc thresholds (engine/allocator.py)."""
     params_file = args.params or ("params.yaml" if Path("params.yaml").is_file() else None)
     params = load_params(params_file, presets=args.preset, overrides=args.overrides)
+    from labelsieve.engine.allocator import tune_malloc
     from labelsieve.engine.device import apply_threads  # torch: only once a command runs
 
     apply_threads(params.runtime.threads)
+    tune_malloc()
     return params
 
 

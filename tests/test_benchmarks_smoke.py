@@ -149,6 +149,14 @@ def test_retrain_studies_reproduce_a_kept_run_with_its_own_params(tmp_path: Path
         [*command, "--noise", "sym50", "--methods", "labelsieve", *sets], check=True, capture_output=True
     )
     saved = json.loads((out / "sym50-labelsieve.json").read_text())
+    assert "resumed" not in saved
+    (out / "sym50-labelsieve.json").unlink()  # rerun on the kept run folder: its stages resume
+    again = subprocess.run(
+        [*command, "--noise", "sym50", "--methods", "labelsieve", *sets], check=True, capture_output=True
+    )
+    resumed = json.loads((out / "sym50-labelsieve.json").read_text())
+    assert resumed["resumed"] is True and resumed["last_test_acc"] == saved["last_test_acc"]
+    assert " (resumed) |" in again.stdout.decode()
     own = str(load_params(BENCHMARKS.parent / "params.yaml").retrain.flag_threshold)
     study = tmp_path / "threshold.json"
     script = [sys.executable, str(BENCHMARKS / "retrain_threshold.py"), str(work), "--out", str(study)]
