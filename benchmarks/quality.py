@@ -373,7 +373,8 @@ def main() -> None:
             # every invocation trains on the same split however --seeds is ordered or divided.
             shared = method_params(base, method, noise, args.set)
             # A run stopped part-way (--work) resumes from its stages' checkpoints: its wall time is partial.
-            resumed = (Path(tmp) / name).is_dir() and any((Path(tmp) / name).iterdir())
+            run_dir = Path(tmp) / name
+            resumed = run_dir.is_dir() and any(run_dir.iterdir())
             figures = run_in_child(shared, method, noise, overrides, base, Path(tmp), name)
             if figures is None:
                 failed.append(name)
