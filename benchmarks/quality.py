@@ -48,8 +48,7 @@ from benchmarks.environment import cpu_model, device_name, peak_rss_mib  # noqa:
 from labelsieve.atomic import write_json, write_text  # noqa: E402
 from labelsieve.config import Params, WarmupConfig, load_params, preset_names  # noqa: E402
 from labelsieve.engine import loop  # noqa: E402
-from labelsieve.engine.allocator import tune_malloc  # noqa: E402
-from labelsieve.engine.device import apply_threads, resolve_device  # noqa: E402
+from labelsieve.engine.device import prepare_process, resolve_device  # noqa: E402
 from labelsieve.engine.resident import TrainingData  # noqa: E402
 from labelsieve.maths import purification  # noqa: E402
 from labelsieve.stages import ARTIFACTS, STAGES, evaluate  # noqa: E402
@@ -336,8 +335,7 @@ def main() -> None:
     if args.one:  # the child process of one run
         method, noise, dataset, run_dir = args.one
         params = method_params(Path(args.params), method, noise, args.set)
-        apply_threads(params.runtime.threads)
-        tune_malloc()  # as every labelsieve command does
+        prepare_process(params.runtime.threads)  # as every labelsieve command does
         if method == "cleanlab":
             figures = cleanlab_peer.run(params, Path(dataset), Path(run_dir))
             figures |= {"peak_rss_mb": peak_rss_mib(), "threads": torch.get_num_threads()}

@@ -107,11 +107,9 @@ def _params(args: argparse.Namespace) -> Params:
     and labelsieve's malloc thresholds (engine/allocator.py)."""
     params_file = args.params or ("params.yaml" if Path("params.yaml").is_file() else None)
     params = load_params(params_file, presets=args.preset, overrides=args.overrides)
-    from labelsieve.engine.allocator import tune_malloc
-    from labelsieve.engine.device import apply_threads  # torch: only once a command runs
+    from labelsieve.engine.device import prepare_process  # torch: only once a command runs
 
-    apply_threads(params.runtime.threads)
-    tune_malloc()
+    prepare_process(params.runtime.threads)
     return params
 
 

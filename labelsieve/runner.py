@@ -79,11 +79,9 @@ def run_stage(
         **inputs: the stage's input directories by run() keyword.
     """
     params = resolve_params(params_yaml)
-    from labelsieve.engine.allocator import tune_malloc
-    from labelsieve.engine.device import apply_threads  # torch: imported only to run a stage
+    from labelsieve.engine.device import prepare_process  # torch: imported only to run a stage
 
-    apply_threads(params.runtime.threads)
-    tune_malloc()
+    prepare_process(params.runtime.threads)
     summary = STAGES[name].run(params, **inputs, out_dir=out_dir)
     log_metrics(metrics, summary)
     return summary

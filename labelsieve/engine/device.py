@@ -12,6 +12,8 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 from torch import nn
 
+from labelsieve.engine.allocator import tune_malloc
+
 _CUDA_NAME = re.compile(r"cuda(:\d+)?")
 
 
@@ -48,6 +50,13 @@ def apply_threads(threads: int) -> None:
     """Run torch's CPU kernels on `threads` threads (`runtime.threads`); 0 keeps torch's default."""
     if threads:
         torch.set_num_threads(threads)
+
+
+def prepare_process(threads: int) -> bool:
+    """Set up a process that trains: `apply_threads`, then glibc's malloc thresholds (engine/allocator.py).
+    Returns whether the thresholds were applied."""
+    apply_threads(threads)
+    return tune_malloc()
 
 
 def use_bf16(device: torch.device, precision: str = "auto") -> bool:

@@ -17,10 +17,11 @@ from labelsieve.engine.allocator import USER_VARIABLES
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 
 
-def _tune(**env: str) -> str:
-    """tune_malloc's answer in a fresh process with `env` and none of the user's malloc variables."""
+def _tune(
+    code: str = "from labelsieve.engine.allocator import tune_malloc; print(tune_malloc())", **env: str
+) -> str:
+    """What `code` prints in a fresh process with `env` and none of the user's malloc variables."""
     clean = {k: v for k, v in os.environ.items() if k not in USER_VARIABLES}
-    code = "from labelsieve.engine.allocator import tune_malloc; print(tune_malloc())"
     out = subprocess.run([sys.executable, "-c", code], env=clean | env, check=True, capture_output=True)
     return out.stdout.decode().strip()
 
@@ -31,3 +32,12 @@ def test_glibc_accepts_every_threshold():
 
 def test_the_users_own_malloc_variables_win():
     assert _tune(MALLOC_TOP_PAD_="0") == "False"
+
+
+def test_prepare_process_sets_the_threads_and_the_thresholds():
+    code = (
+        "import torch; from labelsieve.engine.device import prepare_process; "
+        "tuned = prepare_process(1); print(tuned, torch.get_num_threads())"
+    )
+    assert _tune(code) == "True 1"
+    assert _tune(code, MALLOC_ARENA_MAX="2") == "False 1"  # the user's variable still wins
