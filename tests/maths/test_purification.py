@@ -80,6 +80,24 @@ def test_posterior_relabels_only_where_the_noise_matrix_lets_a_label_come_from()
     assert decision.tolist() == [DROP, RELABEL]
 
 
+def test_from_one_minus_one_over_c_every_flagged_label_is_relabelled():
+    # The best class has probability >= 1/C, a flagged given class <= 1 - τ: from τ = 1 - 1/C (0.9 here) no
+    # drop is possible, which is why retrain.dropped is inert at τ_r 0.99 (docs/algorithms.md §5.1).
+    rng = np.random.default_rng(1)
+    classes, n = 10, 4000
+    labels = rng.integers(0, classes, n)
+    probs = rng.dirichlet(np.full(classes, 0.05), n)  # peaked, so many labels are flagged
+    noise_matrix = np.full((classes, classes), 0.05) + np.eye(classes) * 0.5
+    post = posterior(labels, probs, noise_matrix / noise_matrix.sum(axis=0))
+    counts = {}
+    for threshold in (0.6, 0.9, 0.99):
+        decision, _ = decide(labels, post.wrong, post.best, post.best_prob, threshold)
+        counts[threshold] = ((decision == RELABEL).sum(), (decision == DROP).sum())
+    assert counts[0.6][1] > 0  # below the bound these posteriors do drop some
+    assert counts[0.9][1] == counts[0.99][1] == 0
+    assert min(counts[0.9][0], counts[0.99][0]) > 1000
+
+
 def test_a_class_estimated_clean_has_nothing_flagged():
     rng = np.random.default_rng(0)
     n = 600
