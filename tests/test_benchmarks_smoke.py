@@ -443,6 +443,16 @@ def test_purify_ceiling_rankings_by_hand() -> None:
     assert set(scores) == set(ceiling.RANKINGS)
 
 
+def test_expected_f1_cut_by_hand() -> None:
+    ceiling = _benchmark_module("purify_ceiling")
+    # Σ q = 2.1. Sorted q = 0.9, 0.8, 0.3, 0.1: expected F1 2·0.9/3.1, 2·1.7/4.1, 2·2.0/5.1, 2·2.1/6.1
+    # = 0.581, 0.829, 0.784, 0.689: the best cut flags the top two (q ≥ 0.8, about F*/2 = 0.41 and up).
+    wrong = np.array([0.3, 0.9, 0.1, 0.8])
+    assert ceiling.expected_f1_cut(wrong).tolist() == [False, True, False, True]
+    # Near-certain labels: one sure error alone is flagged, not the doubtful rest.
+    assert ceiling.expected_f1_cut(np.array([0.99, 0.05, 0.05])).tolist() == [True, False, False]
+
+
 def test_relabel_gates_by_hand() -> None:
     gate = _benchmark_module("relabel_gate")
     # The hand case of tests/maths/test_purification.py: T = [[1/2, 1/3], [1/2, 2/3]], P(wrong) =
