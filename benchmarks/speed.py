@@ -61,8 +61,7 @@ from benchmarks.environment import clock, cpu_model, device_name, git_commit, pe
 from labelsieve.atomic import write_json, write_text  # noqa: E402
 from labelsieve.config import Params, RetrainConfig, load_params  # noqa: E402
 from labelsieve.engine import loop  # noqa: E402
-from labelsieve.engine.allocator import tune_malloc  # noqa: E402
-from labelsieve.engine.device import apply_threads, resolve_device, use_bf16  # noqa: E402
+from labelsieve.engine.device import apply_threads, prepare_process, resolve_device, use_bf16  # noqa: E402
 from labelsieve.engine.resident import TrainingData  # noqa: E402
 from labelsieve.maths import grip  # noqa: E402
 from labelsieve.stages import (  # noqa: E402
@@ -463,8 +462,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     overrides = ["runtime.progress=never", *(SMOKE if args.smoke else ()), *args.overrides]
     params = load_params(args.params, presets=["digits"] if args.smoke else [], overrides=overrides)
-    apply_threads(params.runtime.threads)
-    malloc_tuned = False if args.default_malloc else tune_malloc()  # as every labelsieve command does
+    if args.default_malloc:  # the A/B: threads only, glibc's malloc as it comes
+        apply_threads(params.runtime.threads)
+        malloc_tuned = False
+    else:
+        malloc_tuned = prepare_process(params.runtime.threads)  # as every labelsieve command does
     device = resolve_device(params.runtime.device)
     name = device_name(device)
     load_before = os.getloadavg()
