@@ -69,15 +69,15 @@ SETTINGS = (
 )
 
 
-def generate(root: Path, n: int, *, seed: int = 0, chunk: int = 2_000) -> None:
-    """N distinct seeded PPM images of SIDE px in CLASSES class folders under `root`, written atomically
+def generate(root: Path, n: int, *, side: int = SIDE, seed: int = 0, chunk: int = 2_000) -> None:
+    """N distinct seeded PPM images of `side` px in CLASSES class folders under `root`, written atomically
     (a `.done` marker last, so a half-written crawl is regenerated)."""
     if (root / ".done").is_file():
         return
     shutil.rmtree(root, ignore_errors=True)
     for k in range(CLASSES):
         (root / f"class{k}").mkdir(parents=True)
-    axis = np.linspace(0.0, 1.0, SIDE)
+    axis = np.linspace(0.0, 1.0, side)
     patterns = []
     for k in range(CLASSES):  # a class's pattern: a plane wave at a class-specific angle and frequency
         angle, freq = np.pi * k / CLASSES, 2 + k
@@ -85,11 +85,11 @@ def generate(root: Path, n: int, *, seed: int = 0, chunk: int = 2_000) -> None:
         image = np.stack([wave, np.roll(wave, k, 0), np.roll(wave, 2 * k, 1)], axis=-1) * 80 + 128
         patterns.append(image.astype(np.float32))
     rng = np.random.default_rng(seed)
-    header = f"P6\n{SIDE} {SIDE}\n255\n".encode()
+    header = f"P6\n{side} {side}\n255\n".encode()
     for start in range(0, n, chunk):
         count = min(chunk, n - start)
         labels = (np.arange(start, start + count) % CLASSES).astype(np.int64)
-        noise = rng.normal(0.0, 24.0, (count, SIDE, SIDE, 3)).astype(np.float32)
+        noise = rng.normal(0.0, 24.0, (count, side, side, 3)).astype(np.float32)
         pixels = np.clip(np.stack([patterns[y] for y in labels]) + noise, 0, 255).astype(np.uint8)
         for i, (y, image) in enumerate(zip(labels, pixels, strict=True)):
             (root / f"class{y}" / f"{start + i:07d}.ppm").write_bytes(header + image.tobytes())

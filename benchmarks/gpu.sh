@@ -6,6 +6,8 @@
 #   tests.log      the tests named for CUDA (device choice, bf16, compile, augmentation, streaming, kNN)
 #   stream/        benchmarks/stream.py --device cuda: streamed against resident throughput
 #   speed/         benchmarks/speed.py on CUDA: seconds per epoch of every training stage, CPU profile
+#   web/           benchmarks/web_finetune.py: a 224 px crawl through every stage with web_resnet18,
+#                  resident and streamed
 #   protocol/      benchmarks/quality.py, smr_cifar10 and dividemix_cifar10 side by side on the GPU, full
 #                  Fashion-MNIST at sym50, the published settings with the epochs scaled to PROTOCOL_SSL
 #
@@ -19,12 +21,12 @@ OUT=${OUT:?set OUT to the folder for gpu.tar.gz}
 SMOKE=${SMOKE:-0}
 PROTOCOL_SSL=${PROTOCOL_SSL:-12}     # SSL epochs of the protocol runs (published 290), after 1 warm-up epoch
 PROTOCOL_LIMIT=${PROTOCOL_LIMIT:-300} # seconds for the two protocol runs together
-PARTS=${PARTS:-stream speed protocol tests}
+PARTS=${PARTS:-stream speed web protocol tests}
 SEED=${SEED:-0}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 work=$(mktemp -d)
 res=$work/gpu
-mkdir -p "$res/stream" "$res/speed" "$res/protocol"
+mkdir -p "$res/stream" "$res/speed" "$res/web" "$res/protocol"
 if [ "$SMOKE" = 1 ]; then device=cpu; else device=cuda; fi
 log() { echo "[gpu.sh $(date +%T)] $*" | tee -a "$res/steps.log"; }
 wanted() { [[ " $PARTS " == *" $1 "* ]]; }
@@ -47,6 +49,12 @@ if wanted speed; then
     timeout 120 python3 benchmarks/speed.py --set "runtime.device=$device" --repeats 3 "${smoke_flag[@]}" \
         --out "$res/speed" > "$res/speed/log.txt" 2>&1
     log "speed.py exit $?"
+fi
+if wanted web; then
+    web_size=(--images "${WEB_IMAGES:-4000}"); [ "$SMOKE" = 1 ] && web_size=(--smoke)  # smoke: 200 at 32 px
+    timeout "${WEB_LIMIT:-240}" python3 benchmarks/web_finetune.py --device "$device" "${web_size[@]}" \
+        --out "$res/web" > "$res/web/log.txt" 2>&1
+    log "web_finetune.py exit $?: $(grep -m1 'Stream / resident' "$res/web/web_finetune.md" 2>/dev/null)"
 fi
 
 # 2. The two protocol runs side by side, and the tests beside them (they time nothing).

@@ -352,6 +352,9 @@ def test_crawl_scale_images_are_distinct_and_growth_compares_one_sitting(tmp_pat
     assert all(
         f.read_bytes().startswith(header) and f.stat().st_size == len(header) + 64 * 64 * 3 for f in files
     )
+    crawl_scale.generate(tmp_path / "small", 10, side=8)  # web_finetune.py's 224 px crawl, smaller
+    assert all(f.read_bytes()[:11] == b"P6\n8 8\n255\n" for f in (tmp_path / "small").rglob("*.ppm"))
+    assert {f.stat().st_size for f in (tmp_path / "small").rglob("*.ppm")} == {11 + 8 * 8 * 3}
 
     def step(seconds: float, sitting: str) -> dict[str, object]:
         return {
