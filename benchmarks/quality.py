@@ -149,8 +149,9 @@ def run_one(params: Params, dataset: Path, run_dir: Path) -> dict[str, Any]:
     return {
         "final_stage": summary["final_stage"],
         "last_test_acc": summary["test_acc"],
-        "best_val_test_acc": summary["test_acc_best_val_epoch"],
-        "best_val_epoch": summary["best_val_epoch"],
+        # absent when the noisy validation split is empty (tiny data): no epoch can be chosen
+        "best_val_test_acc": summary.get("test_acc_best_val_epoch"),
+        "best_val_epoch": summary.get("best_val_epoch"),
         "noise_rate_actual": summary.get("noise_rate_actual"),
         "detection": {k.split(".", 1)[1]: v for k, v in summary.items() if k.startswith("detection.")}
         | {"noise_rate_after": summary.get("noise_rate_after_purify")}
