@@ -79,13 +79,13 @@ def agreement(runs: dict[str, dict[str, Any]], work: Path) -> dict[str, Any]:
     """How far the two paths' results agree: purify's decisions and the headline accuracies."""
     first, second = (decisions(work / path) for path in PATHS)
     same = sum(a == b for a, b in zip(first, second, strict=True))
-    scores = [np.load(work / path / "purified" / "scores.npz") for path in PATHS]
+    scores = [dict(np.load(work / path / "purified" / "scores.npz")) for path in PATHS]
     return {
         "decisions_identical": first == second,
         "decision_agreement": same / len(first),
         "max_score_difference": {
             name: float(np.abs(scores[0][name].astype(np.float64) - scores[1][name]).max())
-            for name in scores[0].files
+            for name in scores[0]
             if np.issubdtype(scores[0][name].dtype, np.floating)
         },
         "test_acc_difference": runs["stream"]["last_test_acc"] - runs["resident"]["last_test_acc"],
@@ -95,6 +95,11 @@ def agreement(runs: dict[str, dict[str, Any]], work: Path) -> dict[str, Any]:
 def command_line(argv: list[str] | None) -> str:
     """This invocation as a command to rerun."""
     return " ".join(["python3 benchmarks/web_finetune.py", *(sys.argv[1:] if argv is None else argv)])
+
+
+def _number(value: float | None, fmt: str) -> str:
+    """`value` formatted, or "" when there is none (no GPU, nothing relabelled)."""
+    return "" if value is None else format(value, fmt)
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -121,10 +126,10 @@ def markdown(result: dict[str, Any]) -> str:
             for k in ("warmup", "ssl_train", "group_regularize", "retrain")
         )
         d = r["detection"] or {}
+        detection = [_number(d.get(k), ".3f") for k in ("f1", "auroc", "relabel_accuracy")]
         lines.append(
-            f"| {path} | {r['wall_seconds']:.1f} | {epochs} | {r['peak_cuda_mib']:.0f} | "
-            f"{100 * r['last_test_acc']:.2f} | {d.get('f1', float('nan')):.3f} | "
-            f"{d.get('auroc', float('nan')):.3f} | {d.get('relabel_accuracy', float('nan')):.3f} |"
+            f"| {path} | {r['wall_seconds']:.1f} | {epochs} | {_number(r['peak_cuda_mib'], '.0f')} | "
+            f"{100 * r['last_test_acc']:.2f} | " + " | ".join(detection) + " |"
         )
     ratio = runs["resident"]["wall_seconds"] / runs["stream"]["wall_seconds"]
     lines += [
@@ -175,8 +180,8 @@ def main(argv: list[str] | None = None) -> None:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             runs[path] = run_one(run_params, work / "dataset", work / path)
-            peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
-            runs[path]["peak_cuda_mib"] = peak / 2**20
+            cuda = device.type == "cuda"
+            runs[path]["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
             print(f"web_finetune: {path}: {runs[path]['wall_seconds']:.1f} s", file=sys.stderr, flush=True)
         result = {
             "command": command_line(argv),

@@ -567,3 +567,32 @@ def test_quality_runs_any_preset_as_a_method_and_tables_it_after_the_comparison(
     ]
     header = quality.table(runs).splitlines()[0]
     assert header == "| setting | ce | smr_cifar10 |"
+
+
+def test_web_finetune_agreement_and_table_by_hand(tmp_path: Path) -> None:
+    web = _benchmark_module("web_finetune")
+    resident = [("keep", "cat"), ("relabel", "dog"), ("drop", "")]
+    rows = {"resident": resident, "stream": [resident[0], ("keep", ""), resident[2]]}  # one of 3 differs
+    for path, decided in rows.items():
+        (tmp_path / path / "purified").mkdir(parents=True)
+        lines = ["decision,new_label,noise_score"] + [f"{d},{n},0.5" for d, n in decided]
+        (tmp_path / path / "purified" / "manifest.csv").write_text("\n".join(lines) + "\n")
+        score = np.array([0.1, 0.2, 0.3]) + (0.25 if path == "stream" else 0.0)
+        np.savez(tmp_path / path / "purified" / "scores.npz", noise_score=score, decision=np.array([0, 1, 2]))
+    run = {
+        "wall_seconds": 10.0,
+        "epoch_seconds": {"warmup": 1.0, "ssl_train": 2.0, "group_regularize": None, "retrain": 0.5},
+        "peak_cuda_mib": None,
+        "last_test_acc": 0.8,
+        "detection": {"f1": 0.9, "auroc": 0.95, "relabel_accuracy": None},
+    }
+    runs = {"resident": run, "stream": {**run, "wall_seconds": 12.5, "last_test_acc": 0.79}}
+    agree = web.agreement(runs, tmp_path)
+    assert agree["decisions_identical"] is False and agree["decision_agreement"] == pytest.approx(2 / 3)
+    assert agree["max_score_difference"] == {"noise_score": pytest.approx(0.25)}  # ints are not compared
+    assert agree["test_acc_difference"] == pytest.approx(-0.01)
+    result = {"command": "c", "device": "cpu", "torch": "t", "commit": "x", "images": 3, "side": 8}
+    result |= {"ingest_seconds": 1.0, "settings": ["a=1"], "runs": runs, "agreement": agree}
+    table = web.markdown(result)
+    assert "| resident | 10.0 | 1.00 / 2.00 /  / 0.50 |  | 80.00 | 0.900 | 0.950 |  |" in table
+    assert "(resident wall / stream wall): 0.800" in table and "agreement 0.6667" in table
