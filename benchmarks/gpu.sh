@@ -51,7 +51,7 @@ if wanted speed; then
     log "speed.py exit $?"
 fi
 if wanted web; then
-    web_size=(--images "${WEB_IMAGES:-4000}"); [ "$SMOKE" = 1 ] && web_size=(--smoke)  # smoke: 200 at 32 px
+    web_size=(); [ "$SMOKE" = 1 ] && web_size=(--smoke)  # 4,000 images at 224 px; smoke: 200 at 32 px
     timeout "${WEB_LIMIT:-240}" python3 benchmarks/web_finetune.py --device "$device" "${web_size[@]}" \
         --out "$res/web" > "$res/web/log.txt" 2>&1
     log "web_finetune.py exit $?: $(grep -m1 'Stream / resident' "$res/web/web_finetune.md" 2>/dev/null)"

@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--images", type=int, help="crawl size (default 2,000; smoke 200)")
+    parser.add_argument("--images", type=int, help="crawl size (default 4,000; smoke 200)")
     parser.add_argument("--side", type=int, help="image side in px (default 224; smoke 32)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more params")
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", help="folder for the crawl and the runs (default: a temporary one)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = parser.parse_args(argv)
-    images = args.images or (200 if args.smoke else 2000)
+    images = args.images or (200 if args.smoke else 4000)
     side = args.side or (32 if args.smoke else 224)
     settings = [s.format(side=side) for s in SETTINGS] + list(EPOCHS) + (list(SMOKE) if args.smoke else [])
     settings += [f"runtime.device={args.device}", *args.set]
@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         params = load_params(REPO / "params.yaml", presets=["web_resnet18"], overrides=common)
         prepare_process(params.runtime.threads)
         device = resolve_device(params.runtime.device)
+        cuda = device.type == "cuda"
         began = time.perf_counter()
         STAGES["ingest"].run(params, out_dir=work / "dataset")
         ingest_seconds = time.perf_counter() - began
@@ -177,10 +178,9 @@ def main(argv: list[str] | None = None) -> None:
         for path in reversed(PATHS):  # streamed first: one-off CUDA start-up costs count against it
             overrides = [*common, f"runtime.data_path={path}"]
             run_params = load_params(REPO / "params.yaml", presets=["web_resnet18"], overrides=overrides)
-            if device.type == "cuda":
+            if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
             runs[path] = run_one(run_params, work / "dataset", work / path)
-            cuda = device.type == "cuda"
             runs[path]["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
             print(f"web_finetune: {path}: {runs[path]['wall_seconds']:.1f} s", file=sys.stderr, flush=True)
         result = {
