@@ -52,3 +52,18 @@ def test_atomic_dir_replaces_the_old_folder_and_leaves_no_temporaries(tmp_path):
         atomic.write_text(tmp / "new.txt", "new")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_write_csv_streams_rows_and_keeps_the_old_file_when_they_fail(tmp_path):
+    path = tmp_path / "table.csv"
+    atomic.write_csv(path, ["a", "b"], ([i, f"x,{i}"] for i in range(3)))  # a generator, quoted commas
+    assert path.read_text(encoding="utf-8") == 'a,b\n0,"x,0"\n1,"x,1"\n2,"x,2"\n'
+
+    def failing() -> Iterator[list[int]]:
+        yield [9, 9]
+        raise RuntimeError("row source broke")
+
+    with pytest.raises(RuntimeError, match="row source broke"):
+        atomic.write_csv(path, ["a", "b"], failing())
+    assert path.read_text(encoding="utf-8").startswith("a,b\n0,")  # the old table, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]  # no temporary left

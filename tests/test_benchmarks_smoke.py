@@ -596,3 +596,16 @@ def test_web_finetune_agreement_and_table_by_hand(tmp_path: Path) -> None:
     table = web.markdown(result)
     assert "| resident | 10.0 | 1.00 / 2.00 /  / 0.50 |  | 80.00 | 0.900 | 0.950 |  |" in table
     assert "(resident wall / stream wall): 0.800" in table and "agreement 0.6667" in table
+
+
+def test_metadata_memory_builds_a_loadable_store_and_writes_its_manifest(tmp_path: Path) -> None:
+    from labelsieve.data.store import load_dataset
+
+    module = _benchmark_module("metadata_memory")
+    module.make_store(tmp_path / "store", 500)
+    table = load_dataset(tmp_path / "store").samples["train"]
+    assert len(table["id"]) == 500 and len(set(table["sha256"].tolist())) == 500
+    figures = module.measure("manifest", tmp_path / "store")
+    assert figures["seconds"] > 0
+    lines = (tmp_path / "store" / "manifest.csv").read_text().splitlines()
+    assert len(lines) == 501 and lines[1].startswith(f"{table['id'][0]},0,/crawl/class0/")

@@ -24,7 +24,7 @@ import torch
 from labelsieve import atomic
 from labelsieve.cli import main
 from labelsieve.config import ConfigError, IngestConfig, load_params
-from labelsieve.data import sources
+from labelsieve.data import sources, store
 from labelsieve.data.paths import class_folder, class_name
 from labelsieve.data.store import DatasetError, load_dataset
 from labelsieve.engine.checkpoint import Checkpoint
@@ -265,6 +265,45 @@ def test_samples_csv_cut_mid_row_or_at_a_row_boundary_is_named(digits, tmp_path)
         load_dataset(copy)
     table.write_text(text.replace(",", ";", 3))  # a damaged header
     with pytest.raises(DatasetError, match=r"samples.csv is damaged: the header"):
+        load_dataset(copy)
+
+
+def test_samples_csv_read_in_chunks_gives_the_same_tables(digits, tmp_path, monkeypatch):
+    whole = load_dataset(digits[0])
+    monkeypatch.setattr(store, "_CHUNK_ROWS", 7)  # every split spans several chunks and ends mid-chunk
+    chunked = load_dataset(digits[0])
+    for split in ("train", "val", "test"):
+        assert len(whole.samples[split]["id"]) > 7
+        for column, values in whole.samples[split].items():
+            assert chunked.samples[split][column].dtype == values.dtype
+            assert chunked.samples[split][column].tolist() == values.tolist(), (split, column)
+    assert isinstance(whole.samples["train"]["sha256"][0], str)
+    assert whole.samples["train"]["index"].dtype == np.int64
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (lambda row: row.replace(",train,0,", ",train,\u00b2,", 1), r"line 2 is damaged: index '\u00b2'"),
+        (lambda row: row + ",extra", r"line 2 is damaged: 7 fields, not 6"),
+        (lambda row: row.replace(",train,", ",dev,", 1), r"line 2 is damaged: split 'dev'"),
+    ],
+)
+def test_a_bad_samples_csv_row_is_named_by_line(digits, tmp_path, edit, problem):
+    copy = shutil.copytree(digits[0], tmp_path / "dataset")
+    table = copy / "samples.csv"
+    header, first, rest = table.read_text(encoding="utf-8").split("\n", 2)
+    assert ",train,0," in first
+    table.write_text(f"{header}\n{edit(first)}\n{rest}", encoding="utf-8")
+    with pytest.raises(DatasetError, match=problem):
+        load_dataset(copy)
+
+
+def test_samples_csv_that_is_not_utf8_is_named(digits, tmp_path):
+    copy = shutil.copytree(digits[0], tmp_path / "dataset")
+    table = copy / "samples.csv"
+    table.write_bytes(table.read_bytes().replace(b"digits", b"digits\xff", 1))
+    with pytest.raises(DatasetError, match=r"samples.csv is damaged: not UTF-8 text"):
         load_dataset(copy)
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import math
 import os
@@ -41,7 +40,10 @@ SPLITS = ("train", "val", "test")
 SAMPLE_COLUMNS = ("id", "split", "index", "label", "source", "sha256")
 _HEX16 = re.compile(r"[0-9a-f]{16}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_DIGITS = re.compile(r"[0-9]+")
 REINGEST = "run `labelsieve ingest` again"
+TEXT = np.dtypes.StringDType()  # samples.csv's text columns: UTF-8 in one buffer, not an object per row
+_CHUNK_ROWS = 65_536  # samples.csv rows parsed into Python objects before they become arrays
 
 
 class DatasetError(LabelsieveError):
@@ -108,17 +110,10 @@ def load_dataset(root: str | Path) -> Dataset:
     classes = _read_json(root / "classes.json", list)
     if not classes or not all(isinstance(c, str) for c in classes) or len(set(classes)) != len(classes):
         raise DatasetError(f"{root / 'classes.json'} is damaged: expected a list of distinct class names")
-    columns = _read_samples(root / "samples.csv", len(classes))
+    tables = _read_samples(root / "samples.csv", len(classes))
     samples = {}
     for split in SPLITS:
-        cols = columns[split]
-        table = {
-            "id": np.asarray(cols["id"], dtype=str),
-            "index": np.asarray(cols["index"], dtype=np.int64),
-            "label": np.asarray(cols["label"], dtype=np.int64),
-            "source": np.asarray(cols["source"], dtype=object),
-            "sha256": np.asarray(cols["sha256"], dtype=str),
-        }
+        table = tables[split]
         if not np.array_equal(table["index"], np.arange(len(table["index"]))):
             raise DatasetError(f"{root}/samples.csv: {split} rows are not numbered 0..N-1 in order")
         if len(table["index"]) != counts[split]:
@@ -146,37 +141,75 @@ def _read_json(path: Path, kind: type) -> Any:
     return value
 
 
-def _read_samples(path: Path, num_classes: int) -> dict[str, dict[str, list[Any]]]:
-    """The columns of samples.csv per split, every row checked.
+def _read_samples(path: Path, num_classes: int) -> dict[str, dict[str, np.ndarray]]:
+    """The columns of samples.csv per split as arrays (`id`, `source` and `sha256` as numpy strings,
+    `index` and `label` int64), every row checked.
+
+    The rows become arrays every `_CHUNK_ROWS` rows, so the file is never held as Python objects whole: at
+    10^6 rows the columns hold about 0.2 GB, where one string object per field would take over 1 GB.
 
     Raises:
         DatasetError: a bad header, a short or malformed row (a truncated file), naming the line.
     """
-    columns: dict[str, dict[str, list[Any]]] = {s: {c: [] for c in SAMPLE_COLUMNS} for s in SPLITS}
-    with open(path, newline="", encoding="utf-8") as handle:
-        text = handle.read()
-    if text and not text.endswith("\n"):
-        raise DatasetError(f"{path} is damaged: it does not end with a full line (truncated?); {REINGEST}")
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    if tuple(reader.fieldnames or ()) != SAMPLE_COLUMNS:
-        raise DatasetError(f"{path} is damaged: the header is not {','.join(SAMPLE_COLUMNS)}")
-    for number, row in enumerate(reader, start=2):
-        problem = None
-        if None in row or None in row.values():
-            problem = f"{len([v for v in row.values() if v is not None])} fields, not {len(SAMPLE_COLUMNS)}"
-        elif row["split"] not in SPLITS:
-            problem = f"split {row['split']!r} is not one of {', '.join(SPLITS)}"
-        elif not row["index"].isdigit() or not row["label"].isdigit():
-            problem = f"index {row['index']!r} or label {row['label']!r} is not a whole number"
-        elif int(row["label"]) >= num_classes:
-            problem = f"label {row['label']} is not below the {num_classes} classes of classes.json"
-        elif not _HEX16.fullmatch(row["id"]) or not _HEX64.fullmatch(row["sha256"]):
-            problem = "id or sha256 is not a hex digest of the right length"
-        if problem:
-            raise DatasetError(f"{path} line {number} is damaged: {problem}; {REINGEST}")
-        for column in SAMPLE_COLUMNS:
-            columns[row["split"]][column].append(row[column])
-    return columns
+    with open(path, "rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(max(size - 1, 0))
+        if size and handle.read(1) != b"\n":
+            raise DatasetError(
+                f"{path} is damaged: it does not end with a full line (truncated?); {REINGEST}"
+            )
+    pending: dict[str, list[list[str]]] = {s: [] for s in SPLITS}
+    chunks: dict[str, list[dict[str, np.ndarray]]] = {s: [] for s in SPLITS}
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            if tuple(next(reader, ())) != SAMPLE_COLUMNS:
+                raise DatasetError(f"{path} is damaged: the header is not {','.join(SAMPLE_COLUMNS)}")
+            for row in reader:
+                if not row:
+                    continue  # a blank line
+                if problem := _row_problem(row, num_classes):
+                    raise DatasetError(f"{path} line {reader.line_num} is damaged: {problem}; {REINGEST}")
+                rows = pending[row[1]]
+                rows.append(row)
+                if len(rows) == _CHUNK_ROWS:
+                    chunks[row[1]].append(_columns(rows))
+                    rows.clear()
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path} is damaged: not UTF-8 text ({err}); {REINGEST}") from err
+    tables = {}
+    for split in SPLITS:
+        parts = [*chunks[split], _columns(pending[split])]
+        tables[split] = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+    return tables
+
+
+def _row_problem(row: list[str], num_classes: int) -> str | None:
+    """What is wrong with one samples.csv row, or None."""
+    if len(row) != len(SAMPLE_COLUMNS):
+        return f"{len(row)} fields, not {len(SAMPLE_COLUMNS)}"
+    sample_id, split, index, label, _source, sha = row
+    if split not in SPLITS:
+        return f"split {split!r} is not one of {', '.join(SPLITS)}"
+    if not _DIGITS.fullmatch(index) or not _DIGITS.fullmatch(label):
+        return f"index {index!r} or label {label!r} is not a whole number"
+    if int(label) >= num_classes:
+        return f"label {label} is not below the {num_classes} classes of classes.json"
+    if not _HEX16.fullmatch(sample_id) or not _HEX64.fullmatch(sha):
+        return "id or sha256 is not a hex digest of the right length"
+    return None
+
+
+def _columns(rows: list[list[str]]) -> dict[str, np.ndarray]:
+    """One split's checked rows as arrays, by column (the split column dropped)."""
+    ids, _split, index, label, source, sha = zip(*rows, strict=True) if rows else ((),) * len(SAMPLE_COLUMNS)
+    return {
+        "id": np.array(ids, dtype=TEXT),
+        "index": np.array(index, dtype=TEXT).astype(np.int64),
+        "label": np.array(label, dtype=TEXT).astype(np.int64),
+        "source": np.array(source, dtype=TEXT),
+        "sha256": np.array(sha, dtype=TEXT),
+    }
 
 
 def _check_npy(path: Path, shape: tuple[int, ...]) -> None:

@@ -1,0 +1,156 @@
+"""Memory per image of the metadata every stage holds: the store's sample table and purify's manifest.
+
+Pixels never count towards a stage's memory (they stay memory-mapped), so at 10^6 and more images the
+per-image metadata is what grows (README "Scale"). Two steps, each timed in a fresh process over a
+synthetic store of N samples (1 x 1 px images, so only the metadata has size):
+
+- `load`: `load_dataset`, which parses and checks samples.csv into the sample table (ids, sources,
+  hashes, labels);
+- `manifest`: purify's manifest.csv written from the stage's arrays (`labelsieve.stages.purify`).
+
+Per step: seconds, the peak resident memory (VmHWM, reset at the step's start) and the anonymous
+memory still held after it, both above the process's memory at the step's start, in MiB and in bytes
+per sample. Writes metadata_memory.{json,md} to `--out`.
+
+    uv run python benchmarks/metadata_memory.py                     # 10^6 samples, about a minute
+    uv run python benchmarks/metadata_memory.py --rows 1e4 --out /tmp/x   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.environment import cpu_model, git_commit, parse_sizes  # noqa: E402
+from labelsieve.atomic import write_csv, write_json, write_npy, write_text  # noqa: E402
+from labelsieve.data import store  # noqa: E402
+
+CLASSES = [f"class{k}" for k in range(10)]
+STEPS = ("load", "manifest")
+
+
+def make_store(root: Path, n: int) -> None:
+    """A valid dataset store of `n` training samples (and none in val or test) with 1 x 1 px images."""
+
+    def rows() -> Any:
+        for i in range(n):
+            sha = hashlib.sha256(i.to_bytes(8, "little")).hexdigest()
+            yield sha[:16], "train", i, i % len(CLASSES), f"/crawl/{CLASSES[i % 10]}/img{i:08d}.jpg", sha
+
+    write_csv(root / "samples.csv", store.SAMPLE_COLUMNS, rows())
+    for split, count in (("train", n), ("val", 0), ("test", 0)):
+        write_npy(root / f"{split}.npy", np.zeros((count, 1, 1, 1), np.uint8))
+    write_json(root / "classes.json", CLASSES)
+    write_json(
+        root / "dataset.json",
+        {
+            "format_version": store.FORMAT_VERSION,
+            "source": "synthetic",
+            "image_size": 1,
+            "channels": 1,
+            "num_classes": len(CLASSES),
+            "counts": {"train": n, "val": 0, "test": 0},
+            "content_hash": "0" * 64,
+        },
+    )
+
+
+def status_mib(key: str) -> float:
+    """A memory figure of this process from /proc/self/status (e.g. RssAnon, VmHWM), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {key} in /proc/self/status")
+
+
+def start_counting() -> tuple[float, float]:
+    """Reset the peak resident set (VmHWM) to the current one; return the anon and resident MiB now."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return status_mib("RssAnon"), status_mib("VmRSS")
+
+
+def measure(step: str, root: Path) -> dict[str, float]:
+    """Run one step in this (fresh) process; its seconds and memory above the start."""
+    from labelsieve.stages import purify
+
+    start_anon, start_rss = start_counting()
+    begin = time.perf_counter()
+    dataset = store.load_dataset(root)
+    if step == "manifest":
+        n = len(dataset.samples["train"]["id"])
+        rng = np.random.default_rng(0)
+        labels = dataset.samples["train"]["label"]
+        arrays = {
+            "given_label": labels,
+            "decision": rng.integers(0, 3, n).astype(np.int8),
+            "new_label": labels,
+            "predicted": labels,
+            **{name: rng.random(n) for name in ("noise_score", "confidence", "js_given", "clean_prob")},
+        }
+        data = SimpleNamespace(dataset=dataset, train_true_labels=None)
+        start_anon, start_rss = start_counting()  # the table and the arrays are the stage's, not the step's
+        begin = time.perf_counter()
+        write_csv(root / "manifest.csv", purify._header(data), purify._rows(arrays, data))
+    seconds = time.perf_counter() - begin
+    return {
+        "seconds": seconds,
+        "peak_mib": status_mib("VmHWM") - start_rss,
+        "held_mib": status_mib("RssAnon") - start_anon,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Build the store once, measure each step in its own process, write the JSON and the table."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=lambda text: parse_sizes(text)[0], default=1_000_000)
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--measure", nargs=2, metavar=("STEP", "ROOT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.measure:
+        print(json.dumps(measure(args.measure[0], Path(args.measure[1]))))
+        return
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR", "/var/tmp")) as tmp:
+        make_store(Path(tmp), args.rows)
+        figures = {}
+        for step in STEPS:
+            command = [sys.executable, __file__, "--measure", step, tmp]
+            figures[step] = json.loads(subprocess.run(command, check=True, capture_output=True).stdout)
+    result = {"rows": args.rows, "cpu": cpu_model(), "commit": git_commit(), "steps": figures}
+    lines = [
+        f"# Metadata memory at {args.rows:,} samples",
+        "",
+        f"{result['cpu']}; commit {result['commit']}; each step in a fresh process.",
+        "",
+        "| step | seconds | peak MiB | held MiB | peak bytes per sample | held bytes per sample |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for step, f in figures.items():
+        per = {key: f[key] * 2**20 / args.rows for key in ("peak_mib", "held_mib")}
+        lines.append(
+            f"| {step} | {f['seconds']:.1f} | {f['peak_mib']:.0f} | {f['held_mib']:.0f} | "
+            f"{per['peak_mib']:.0f} | {per['held_mib']:.0f} |"
+        )
+    out = Path(args.out)
+    write_json(out / "metadata_memory.json", result)
+    write_text(out / "metadata_memory.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
