@@ -2,10 +2,12 @@
 
 Pixels never count towards a stage's memory (they stay memory-mapped), so at 10^6 and more images the
 per-image metadata is what grows (README "Scale"). Two steps, each timed in a fresh process over a
-synthetic store of N samples (1 x 1 px images, so only the metadata has size):
+synthetic store of N samples (1 x 1 px images, so only the metadata has size) with 40% symmetric noise:
 
 - `load`: `load_dataset`, which parses and checks samples.csv into the sample table (ids, sources,
   hashes, labels);
+- `training_data`: `TrainingData.load` on the streamed path, what every training stage starts with (the
+  table, the noisy and true labels, the channel statistics);
 - `manifest`: purify's manifest.csv written from the stage's arrays (`labelsieve.stages.purify`).
 
 Per step: seconds, the peak resident memory (VmHWM, reset at the step's start) and the anonymous
@@ -31,28 +33,39 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.environment import cpu_model, git_commit, parse_sizes  # noqa: E402
 from labelsieve.atomic import write_csv, write_json, write_npy, write_text  # noqa: E402
+from labelsieve.config import load_params  # noqa: E402
 from labelsieve.data import store  # noqa: E402
+from labelsieve.engine.resident import TrainingData  # noqa: E402
+from labelsieve.stages import inject_noise  # noqa: E402
 
 CLASSES = [f"class{k}" for k in range(10)]
-STEPS = ("load", "manifest")
+STEPS = ("load", "training_data", "manifest")
 
 
 def make_store(root: Path, n: int) -> None:
-    """A valid dataset store of `n` training samples (and none in val or test) with 1 x 1 px images."""
+    """A valid dataset store of `n` samples (80% train, 10% val, 10% test) with 1 x 1 px images, and
+    `inject_noise`'s labels for it under ``root / "labels"`` (40% symmetric)."""
+    counts = {"train": n * 8 // 10, "val": n // 10}
+    counts["test"] = n - counts["train"] - counts["val"]
 
     def rows() -> Any:
-        for i in range(n):
-            sha = hashlib.sha256(i.to_bytes(8, "little")).hexdigest()
-            yield sha[:16], "train", i, i % len(CLASSES), f"/crawl/{CLASSES[i % 10]}/img{i:08d}.jpg", sha
+        i = 0
+        for split, count in counts.items():
+            for index in range(count):
+                sha = hashlib.sha256(i.to_bytes(8, "little")).hexdigest()
+                label = i % len(CLASSES)
+                yield sha[:16], split, index, label, f"/crawl/{CLASSES[label]}/img{i:08d}.jpg", sha
+                i += 1
 
     write_csv(root / "samples.csv", store.SAMPLE_COLUMNS, rows())
-    for split, count in (("train", n), ("val", 0), ("test", 0)):
+    for split, count in counts.items():
         write_npy(root / f"{split}.npy", np.zeros((count, 1, 1, 1), np.uint8))
     write_json(root / "classes.json", CLASSES)
     write_json(
@@ -63,10 +76,12 @@ def make_store(root: Path, n: int) -> None:
             "image_size": 1,
             "channels": 1,
             "num_classes": len(CLASSES),
-            "counts": {"train": n, "val": 0, "test": 0},
+            "counts": counts,
             "content_hash": "0" * 64,
         },
     )
+    params = load_params(None, overrides=["inject_noise.mode=symmetric", "inject_noise.rate=0.4"])
+    inject_noise.run(params, dataset_dir=root, out_dir=root / "labels")
 
 
 def status_mib(key: str) -> float:
@@ -89,7 +104,10 @@ def measure(step: str, root: Path) -> dict[str, float]:
 
     start_anon, start_rss = start_counting()
     begin = time.perf_counter()
-    dataset = store.load_dataset(root)
+    if step == "training_data":
+        dataset = TrainingData.load(root, root / "labels", torch.device("cpu"), "stream").dataset
+    else:
+        dataset = store.load_dataset(root)
     if step == "manifest":
         n = len(dataset.samples["train"]["id"])
         rng = np.random.default_rng(0)

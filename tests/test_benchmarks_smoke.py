@@ -603,9 +603,10 @@ def test_metadata_memory_builds_a_loadable_store_and_writes_its_manifest(tmp_pat
 
     module = _benchmark_module("metadata_memory")
     module.make_store(tmp_path / "store", 500)
-    table = load_dataset(tmp_path / "store").samples["train"]
-    assert len(table["id"]) == 500 and len(set(table["sha256"].tolist())) == 500
-    figures = module.measure("manifest", tmp_path / "store")
-    assert figures["seconds"] > 0
+    samples = load_dataset(tmp_path / "store").samples
+    assert [len(samples[split]["id"]) for split in ("train", "val", "test")] == [400, 50, 50]
+    assert len({sha for table in samples.values() for sha in table["sha256"].tolist()}) == 500
+    for step in module.STEPS:
+        assert module.measure(step, tmp_path / "store")["seconds"] > 0
     lines = (tmp_path / "store" / "manifest.csv").read_text().splitlines()
-    assert len(lines) == 501 and lines[1].startswith(f"{table['id'][0]},0,/crawl/class0/")
+    assert len(lines) == 401 and lines[1].startswith(f"{samples['train']['id'][0]},0,/crawl/class0/")
