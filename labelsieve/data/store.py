@@ -57,7 +57,9 @@ class Dataset:
     root: Path
     classes: list[str]
     meta: dict[str, Any]
-    samples: dict[str, dict[str, np.ndarray]]  # split -> column -> (N_split,) array, ordered by index
+    # split -> column -> (N_split,) array, ordered by index: id, source and sha256 as `TEXT` (items are
+    # str), index and label int64; the split column is the key
+    samples: dict[str, dict[str, np.ndarray]]
 
     @property
     def num_classes(self) -> int:
