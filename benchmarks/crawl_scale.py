@@ -48,7 +48,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.environment import cpu_model, git_commit, parse_sizes  # noqa: E402
+from benchmarks.environment import cpu_model, git_commit, parse_sizes, status_kib  # noqa: E402
 from labelsieve.atomic import write_json, write_text  # noqa: E402
 
 SIDE, CLASSES = 64, 10
@@ -118,7 +118,7 @@ def run_step(argv: list[str], log: Path) -> dict[str, float]:
             done, status, usage = os.wait4(pid, os.WNOHANG)
             if done:
                 break
-            peak_anon = max(peak_anon, _anon_kib(pid))
+            peak_anon = max(peak_anon, status_kib(pid, "RssAnon"))
             time.sleep(0.1)
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
@@ -129,17 +129,6 @@ def run_step(argv: list[str], log: Path) -> dict[str, float]:
         "peak_rss_mib": usage.ru_maxrss / 1024,
         "peak_anon_mib": peak_anon / 1024,
     }
-
-
-def _anon_kib(pid: int) -> int:
-    """The RssAnon of a running process, KiB; 0 once it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 STEPS = ("ingest", "inject_noise", "warmup", "co_divide", "ssl_train", "group_regularize", "purify")

@@ -32,6 +32,28 @@ def peak_rss_mib() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
+def reset_peak_rss() -> bool:
+    """Reset the process's peak RSS (Linux: `5` into /proc/self/clear_refs); False where that is refused."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def status_kib(pid: int | str, field: str) -> int:
+    """A memory field of /proc/<pid>/status in KiB (RssAnon: the heap and stacks, not mapped files; VmRSS;
+    VmHWM: the peak resident set since `reset_peak_rss`); 0 once the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def clock(device: torch.device) -> float:
     """perf_counter once the device's queued work is done (CUDA runs asynchronously)."""
     if device.type == "cuda":

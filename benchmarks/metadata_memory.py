@@ -38,7 +38,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.environment import cpu_model, git_commit, parse_sizes  # noqa: E402
+from benchmarks.environment import (  # noqa: E402
+    cpu_model,
+    git_commit,
+    parse_sizes,
+    reset_peak_rss,
+    status_kib,
+)
 from labelsieve.atomic import write_csv, write_json, write_npy, write_text  # noqa: E402
 from labelsieve.config import load_params  # noqa: E402
 from labelsieve.data import store  # noqa: E402
@@ -84,17 +90,18 @@ def make_store(root: Path, n: int) -> None:
     inject_noise.run(params, dataset_dir=root, out_dir=root / "labels")
 
 
-def status_mib(key: str) -> float:
-    """A memory figure of this process from /proc/self/status (e.g. RssAnon, VmHWM), MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{key}:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {key} in /proc/self/status")
+def status_mib(field: str) -> float:
+    """A memory field of this process's /proc/self/status, MiB."""
+    return status_kib("self", field) / 1024
 
 
 def start_counting() -> tuple[float, float]:
-    """Reset the peak resident set (VmHWM) to the current one; return the anon and resident MiB now."""
-    Path("/proc/self/clear_refs").write_text("5")
+    """Reset the peak resident set (VmHWM) to the current one; return the anon and resident MiB now.
+
+    VmHWM, not `ru_maxrss`: the latter also keeps the peak of the parent this process was forked from.
+    """
+    if not reset_peak_rss():
+        raise RuntimeError("cannot reset the peak RSS (/proc/self/clear_refs): this benchmark needs Linux")
     return status_mib("RssAnon"), status_mib("VmRSS")
 
 

@@ -57,7 +57,14 @@ from torch.utils.flop_counter import FlopCounterMode
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.environment import clock, cpu_model, device_name, git_commit, peak_rss_mib  # noqa: E402
+from benchmarks.environment import (  # noqa: E402
+    clock,
+    cpu_model,
+    device_name,
+    git_commit,
+    peak_rss_mib,
+    reset_peak_rss,
+)
 from labelsieve.atomic import write_json, write_text  # noqa: E402
 from labelsieve.config import Params, RetrainConfig, load_params  # noqa: E402
 from labelsieve.engine import loop  # noqa: E402
@@ -270,16 +277,6 @@ class Bench:
                 desc="",
             )
         return int(counter.get_total_flops())
-
-
-def reset_peak_rss() -> bool:
-    """Reset the process's peak RSS (Linux: `5` into /proc/self/clear_refs); False where that is refused."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-    except OSError:
-        return False
-    return True
 
 
 def measure(bench: Bench, repeats: int) -> tuple[dict[str, list[Epoch]], dict[str, float], dict[str, float]]:
