@@ -610,3 +610,22 @@ def test_metadata_memory_builds_a_loadable_store_and_writes_its_manifest(tmp_pat
         assert module.measure(step, tmp_path / "store")["seconds"] > 0
     lines = (tmp_path / "store" / "manifest.csv").read_text().splitlines()
     assert len(lines) == 401 and lines[1].startswith(f"{samples['train']['id'][0]},0,/crawl/class0/")
+
+
+def test_detection_ceiling_figures_by_hand() -> None:
+    study = _benchmark_module("detection_ceiling")
+    truth = np.array([0, 0, 0, 1, 1, 1])
+    given = np.array([0, 1, 0, 1, 0, 1])  # noisy: 1 and 4, so T = [[2/3, 1/3], [1/3, 2/3]]
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.2, 0.8], [0.3, 0.7], [0.1, 0.9]])
+    # P(y* ≠ ỹ | x, ỹ) = p_other T[ỹ, other] / Σ_j p_j T[ỹ, j]: 1/19, 2/3, 1/4, 1/9, 7/13, 1/19.
+    figures = study.ceiling(given, truth, probs)
+    assert figures == pytest.approx(
+        {
+            "noise_rate": 2 / 6,
+            "auroc": 1.0,
+            "f1_default": 1.0,  # τ 0.4 flags exactly 1 and 4
+            "f1_best": 1.0,
+            "best_threshold": 0.3,  # the lowest τ of the grid above 1/4
+            "clean_accuracy": 1.0,
+        }
+    )
