@@ -481,5 +481,5 @@ def test_predict_and_ingest_manifests_refuse_the_same_paths(tmp_path):
     manifest.write_text("path,label\n" + "".join(f"{ref},a\n" for ref in refs))
     predicted = [entry.problem[0] if entry.problem else "ok" for entry in list_inputs([manifest])]
     listing = sources.open_source(IngestConfig(source=str(manifest)))
-    ingested = [c.rejected[0] if c.rejected else "ok" for c in listing.candidates]
+    ingested = [listing.rejected[i][0] if i in listing.rejected else "ok" for i in range(len(listing))]
     assert predicted == ingested == ["ok", "path_escapes_root", "path_escapes_root", "path_escapes_root"]

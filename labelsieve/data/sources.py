@@ -1,8 +1,9 @@
-"""Every input source as one list of candidates: where a sample comes from, its label, its split.
+"""Every input source as one listing of candidates: where each would-be sample comes from, its label,
+whether the source puts it in its test split.
 
-Nothing is decoded here; `labelsieve.stages.ingest` decodes candidates in bounded chunks. A candidate
-that is already known to be bad (a path escaping the root, a bad manifest row) carries its rejection,
-so it is reported rather than silently dropped.
+Nothing is decoded here; `labelsieve.stages.ingest` reads and decodes candidates in bounded chunks. A
+candidate that is already known to be bad (a path escaping the root, a bad manifest row) carries its
+rejection, so it is reported rather than silently dropped.
 
 Sources:
 - ``fashion-mnist``: IDX files (labelsieve.data.idx), with its own train/test split.
@@ -21,10 +22,10 @@ Sources:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from labelsieve.data.paths import (
     class_name,
     manifest_file,
 )
+from labelsieve.data.store import TEXT
 from labelsieve.errors import LabelsieveError
 
 # Rejection reasons known before decoding.
@@ -58,35 +60,94 @@ class SourceError(LabelsieveError):
     """The source as a whole cannot be read (missing, empty, or of an unknown kind)."""
 
 
-Loader = Callable[[], "bytes | np.ndarray"]
+Reader = Callable[[int], "bytes | np.ndarray"]
+_PACK_ROWS = 65_536  # candidates listed before they are packed into numpy columns
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """One would-be sample.
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    """What a source offers, one would-be sample (a candidate) per row of the columns; nothing decoded.
+
+    Columns, not an object per candidate, so the listing of a large crawl stays small (README "Scale").
 
     Attributes:
-        source: where it came from (a path, a URI, or ``fashion-mnist:train:17``).
-        label: the class name as given by the source.
-        split: ``train`` or ``test`` when the source says so, else None.
-        load: returns encoded image bytes, or pixels as an (H, W) or (C, H, W) uint8 array.
-        rejected: (reason, detail) if the candidate is already known to be unusable.
+        name: the source, as reports name it.
+        sources: (N,) text: where each candidate came from (a path, a URI, or ``fashion-mnist:train:17``).
+        labels: (N,) text: the class name the source gives it ("" when it gives none).
+        in_test: (N,) bool: the source puts it in its own test split.
+        rejected: row -> (reason, detail) for a candidate known to be unusable before decoding.
+        classes: the class list, when the source defines one.
+        read: row -> encoded image bytes, or pixels as an (H, W) or (C, H, W) uint8 array; only called
+            for rows that are not rejected.
     """
 
-    source: str
-    label: str
-    split: str | None
-    load: Loader | None
-    rejected: tuple[str, str] | None = None
-
-
-@dataclass(frozen=True)
-class Listing:
-    """What a source offers. `classes` is set when the source defines its class list."""
-
     name: str
-    candidates: list[Candidate]
+    sources: np.ndarray
+    labels: np.ndarray
+    in_test: np.ndarray
+    rejected: dict[int, tuple[str, str]]
     classes: list[str] | None
+    read: Reader
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+
+class _Columns:
+    """Collects candidates and packs them into numpy columns every `_PACK_ROWS`, so the Python objects
+    of a listing in progress stay bounded."""
+
+    def __init__(self) -> None:
+        self.rejected: dict[int, tuple[str, str]] = {}
+        self._pending: list[tuple[str, str, str, bool]] = []
+        self._packed: list[tuple[np.ndarray, ...]] = []
+        self._count = 0
+
+    def add(
+        self,
+        source: str,
+        label: str,
+        *,
+        in_test: bool = False,
+        location: str = "",
+        rejected: tuple[str, str] | None = None,
+    ) -> None:
+        """One candidate; `location` is the file its reader opens when that is not `source`."""
+        if rejected is not None:
+            self.rejected[self._count] = rejected
+        self._pending.append((source, label, location, in_test))
+        self._count += 1
+        if len(self._pending) == _PACK_ROWS:
+            self._pack()
+
+    def _pack(self) -> None:
+        if self._pending:
+            source, label, location, in_test = zip(*self._pending, strict=True)
+            text = (np.array(column, dtype=TEXT) for column in (source, label, location))
+            self._packed.append((*text, np.array(in_test, dtype=bool)))
+            self._pending = []
+
+    def columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(sources, labels, locations, in_test) of everything added, in order."""
+        self._pack()
+        if not self._packed:
+            return (*(np.array([], dtype=TEXT) for _ in range(3)), np.array([], dtype=bool))
+        source, label, location, in_test = (
+            np.concatenate(parts) for parts in zip(*self._packed, strict=True)
+        )
+        return source, label, location, in_test
+
+
+def _reader(where: np.ndarray, client: Any = None) -> Reader:
+    """Reads the file, or through `client` the ``s3://`` object, that `where[i]` names."""
+
+    def read(i: int) -> bytes:
+        location = str(where[i])
+        if location.startswith("s3://"):
+            return s3.read_object(client, *s3.parse_uri(location))
+        return Path(location).read_bytes()
+
+    return read
 
 
 def open_source(cfg: IngestConfig) -> Listing:
@@ -115,15 +176,20 @@ def open_source(cfg: IngestConfig) -> Listing:
     )
 
 
-def _array_candidates(name: str, split: str | None, images: np.ndarray, labels: list[str]) -> list[Candidate]:
-    return [
-        Candidate(f"{name}:{split or 'all'}:{i}", labels[i], split, _array_loader(images, i))
-        for i in range(len(images))
-    ]
+def _arrays(name: str, parts: list[tuple[str | None, np.ndarray, list[str]]]) -> Listing:
+    """A listing of in-memory images: per part (split or None, (N, H, W) uint8 images, N labels)."""
+    columns = _Columns()
+    for split, _, labels in parts:
+        for i, label in enumerate(labels):
+            columns.add(f"{name}:{split or 'all'}:{i}", label, in_test=split == "test")
+    sources, labels, _, in_test = columns.columns()
+    offsets = np.cumsum([0] + [len(images) for _, images, _ in parts])
 
+    def read(i: int) -> np.ndarray:
+        part = int(np.searchsorted(offsets, i, side="right")) - 1
+        return parts[part][1][i - offsets[part]]
 
-def _array_loader(images: np.ndarray, i: int) -> Loader:
-    return lambda: images[i]
+    return Listing(name, sources, labels, in_test, columns.rejected, None, read)
 
 
 def _fashion_mnist(cfg: IngestConfig) -> Listing:
@@ -137,11 +203,11 @@ def _fashion_mnist(cfg: IngestConfig) -> Listing:
     except idx.DatasetFileError as err:
         raise SourceError(f"fashion-mnist: {err}") from err
     names = idx.FASHION_MNIST_CLASSES
-    candidates = []
-    for split in ("train", "test"):
-        labels = [names[k] for k in arrays[f"{split}_labels"]]
-        candidates += _array_candidates("fashion-mnist", split, arrays[f"{split}_images"], labels)
-    return Listing("fashion-mnist", candidates, list(names))
+    parts = [
+        (split, arrays[f"{split}_images"], [names[k] for k in arrays[f"{split}_labels"]])
+        for split in ("train", "test")
+    ]
+    return dataclasses.replace(_arrays("fashion-mnist", parts), classes=list(names))
 
 
 def _digits() -> Listing:
@@ -151,11 +217,9 @@ def _digits() -> Listing:
     # Pixel values are 0..16; stretch to the 0..255 range every other source uses.
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
     labels = [str(int(t)) for t in digits.target]
-    return Listing("digits", _array_candidates("digits", None, images, labels), [str(k) for k in range(10)])
-
-
-def _file_loader(path: Path) -> Loader:
-    return path.read_bytes
+    return dataclasses.replace(
+        _arrays("digits", [(None, images, labels)]), classes=[str(k) for k in range(10)]
+    )
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -171,23 +235,24 @@ def _folder(root: Path) -> Listing:
     export_classes = _export_classes(root)
     if export_classes is not None:
         return _export_folder(root, export_classes)
-    classes, candidates = _class_folders(root, None)
+    columns = _Columns()
+    _loose_files(root, columns)
+    classes = _class_folders(root, False, columns)
     if not classes:
         raise SourceError(f"image folder {root} has no class subfolders (expected root/<keyword>/<images>)")
-    return Listing(str(root), _loose_files(root) + candidates, classes)
+    sources, labels, _, in_test = columns.columns()
+    return Listing(str(root), sources, labels, in_test, columns.rejected, classes, _reader(sources))
 
 
-def _loose_files(root: Path) -> list[Candidate]:
+def _loose_files(root: Path, columns: _Columns) -> None:
     """A rejected candidate per file directly in `root` (not in a class folder), hidden files aside."""
-    return [
-        Candidate(str(entry), "", None, None, (NO_CLASS_FOLDER, "file is not inside a class folder"))
-        for entry in sorted(root.iterdir())
-        if entry.is_file() and not entry.name.startswith(".")
-    ]
+    for entry in sorted(root.iterdir()):
+        if entry.is_file() and not entry.name.startswith("."):
+            columns.add(str(entry), "", rejected=(NO_CLASS_FOLDER, "file is not inside a class folder"))
 
 
-def _class_folders(root: Path, split: str | None) -> tuple[list[str], list[Candidate]]:
-    """The classes of `root`'s class folders and a candidate of `split` per file in them.
+def _class_folders(root: Path, in_test: bool, columns: _Columns) -> list[str]:
+    """Add a candidate per file in `root`'s class folders; returns their classes.
 
     Raises:
         SourceError: two folders stand for the same class.
@@ -201,7 +266,6 @@ def _class_folders(root: Path, split: str | None) -> tuple[list[str], list[Candi
                 f"folders {other!r} and {folder!r} in {root} both stand for class {class_name(folder)!r}"
             )
     classes = sorted(names)
-    candidates = []
     for label in classes:
         for dirpath, dirnames, filenames in os.walk(root / names[label], followlinks=False):
             dirnames.sort()
@@ -209,29 +273,18 @@ def _class_folders(root: Path, split: str | None) -> tuple[list[str], list[Candi
                 # os.walk does not follow linked folders; say so instead of dropping them quietly.
                 link = Path(dirpath) / name
                 reason = PATH_ESCAPES_ROOT if not _inside(link, root) else SYMLINKED_FOLDER
-                candidates.append(
-                    Candidate(
-                        str(link), label, split, None, (reason, f"linked folder to {os.path.realpath(link)}")
-                    )
-                )
+                detail = f"linked folder to {os.path.realpath(link)}"
+                columns.add(str(link), label, in_test=in_test, rejected=(reason, detail))
             folder = Path(dirpath)
             folder_inside = _inside(folder, root)  # resolved once per folder, not once per file
             for name in sorted(filenames):
-                path = folder / name
-                if not (folder_inside and not path.is_symlink()) and not _inside(path, root):
-                    target = os.path.realpath(path)
-                    candidates.append(
-                        Candidate(
-                            str(path),
-                            label,
-                            split,
-                            None,
-                            (PATH_ESCAPES_ROOT, f"links outside the root to {target}"),
-                        )
-                    )
+                path = os.path.join(dirpath, name)
+                if not (folder_inside and not os.path.islink(path)) and not _inside(Path(path), root):
+                    detail = f"links outside the root to {os.path.realpath(path)}"
+                    columns.add(path, label, in_test=in_test, rejected=(PATH_ESCAPES_ROOT, detail))
                 else:
-                    candidates.append(Candidate(str(path), label, split, _file_loader(path)))
-    return classes, candidates
+                    columns.add(path, label, in_test=in_test)
+    return classes
 
 
 def _export_classes(root: Path) -> list[str] | None:
@@ -257,29 +310,28 @@ def _export_classes(root: Path) -> list[str] | None:
 
 def _export_folder(root: Path, classes: list[str]) -> Listing:
     """A folder export: split folders of class folders (see the module docstring)."""
-    candidates: list[Candidate] = []
+    columns = _Columns()
     found: set[str] = set()
     for entry in sorted(root.iterdir()):
         if entry.name.startswith(".") or (entry.is_file() and entry.name in (EXPORT_META, EXPORT_MANIFEST)):
             continue
         if entry.name in EXPORT_SPLITS and entry.is_dir() and not entry.is_symlink():
             # val/ joins the training pool, as in any source: ingest draws its own validation split
-            names, listed = _class_folders(entry, "test" if entry.name == "test" else "train")
-            found.update(names)
-            candidates += _loose_files(entry) + listed
+            _loose_files(entry, columns)
+            found.update(_class_folders(entry, entry.name == "test", columns))
         elif entry.name == DROPPED_FOLDER and entry.is_dir() and not entry.is_symlink():
             for file in sorted(p for p in entry.rglob("*") if p.is_file()):
                 label = class_name(file.parent.name)
-                candidates.append(
-                    Candidate(str(file), label, None, None, (DROPPED_BY_PURIFY, "purify dropped it"))
-                )
+                columns.add(str(file), label, rejected=(DROPPED_BY_PURIFY, "purify dropped it"))
         else:
             detail = f"not inside the export's {', '.join(f'{s}/' for s in EXPORT_SPLITS)} folders"
-            candidates.append(Candidate(str(entry), "", None, None, (NO_CLASS_FOLDER, detail)))
+            columns.add(str(entry), "", rejected=(NO_CLASS_FOLDER, detail))
     if not found:
         splits = ", ".join(f"{s}/" for s in EXPORT_SPLITS)
         raise SourceError(f"export {root} has no class folders in {splits}")
-    return Listing(str(root), candidates, classes + sorted(found - set(classes)))
+    sources, labels, _, in_test = columns.columns()
+    classes = classes + sorted(found - set(classes))
+    return Listing(str(root), sources, labels, in_test, columns.rejected, classes, _reader(sources))
 
 
 def manifest_rows(
@@ -321,7 +373,7 @@ def manifest_rows(
 def _manifest(path: Path) -> Listing:
     root = path.parent
     client = None
-    candidates = []
+    columns = _Columns()
     for number, row, error in manifest_rows(path):
         where = f"{path}:{number}"
         if row is not None:
@@ -329,7 +381,7 @@ def _manifest(path: Path) -> Listing:
             if split == DROPPED:  # an export's manifest lists the samples purify dropped
                 name = ref if isinstance(ref, str) and ref else where
                 reason = (DROPPED_BY_PURIFY, f"{where}: split {DROPPED}: purify dropped it")
-                candidates.append(Candidate(name, str(label or ""), None, None, reason))
+                columns.add(name, str(label or ""), rejected=reason)
                 continue
             if not isinstance(ref, str) or not ref:
                 error = "missing 'path'"
@@ -338,35 +390,30 @@ def _manifest(path: Path) -> Listing:
             elif split not in (None, *EXPORT_SPLITS):
                 error = f"split {split!r} is not train, val or test"
         if error or row is None:
-            candidates.append(Candidate(where, "", None, None, (BAD_MANIFEST_ROW, error)))
+            columns.add(where, "", rejected=(BAD_MANIFEST_ROW, error))
             continue
-        label, split = str(label), "train" if split == "val" else split  # val joins the training pool
+        label, in_test = str(label), split == "test"  # val joins the training pool
         if ref.startswith("s3://"):
             client = client or s3.make_client()
-            bucket, key = s3.parse_uri(ref)
-            candidates.append(Candidate(ref, label, split, _s3_loader(client, bucket, key)))
+            s3.parse_uri(ref)  # a malformed URI fails the listing, as it always did
+            columns.add(ref, label, in_test=in_test, location=ref)
             continue
         file = manifest_file(path, ref)  # the same rule as predict's manifests
         if file is None:
-            candidates.append(
-                Candidate(ref, label, split, None, (PATH_ESCAPES_ROOT, f"{where}: outside {root}"))
-            )
+            columns.add(ref, label, in_test=in_test, rejected=(PATH_ESCAPES_ROOT, f"{where}: outside {root}"))
         elif not file.is_file():
-            candidates.append(Candidate(ref, label, split, None, (MISSING_FILE, f"{where}: no such file")))
+            columns.add(ref, label, in_test=in_test, rejected=(MISSING_FILE, f"{where}: no such file"))
         else:
-            candidates.append(Candidate(ref, label, split, _file_loader(file)))
-    return Listing(str(path), candidates, None)
-
-
-def _s3_loader(client: Any, bucket: str, key: str) -> Loader:
-    return lambda: s3.read_object(client, bucket, key)
+            columns.add(ref, label, in_test=in_test, location=str(file))
+    sources, labels, locations, in_test = columns.columns()
+    return Listing(str(path), sources, labels, in_test, columns.rejected, None, _reader(locations, client))
 
 
 def _s3_folder(uri: str) -> Listing:
     bucket, prefix = s3.parse_uri(uri)
     prefix = prefix.rstrip("/") + "/" if prefix else ""
     client = s3.make_client()
-    candidates = []
+    columns = _Columns()
     classes: set[str] = set()
     for key in s3.list_keys(client, bucket, prefix):
         rest = key[len(prefix) :]
@@ -374,18 +421,13 @@ def _s3_folder(uri: str) -> Listing:
             continue  # a "folder" marker object
         label, sep, _name = rest.partition("/")
         if not sep:
-            candidates.append(
-                Candidate(
-                    f"s3://{bucket}/{key}",
-                    "",
-                    None,
-                    None,
-                    (NO_CLASS_FOLDER, "object is not under a class prefix"),
-                )
+            columns.add(
+                f"s3://{bucket}/{key}", "", rejected=(NO_CLASS_FOLDER, "object is not under a class prefix")
             )
             continue
         classes.add(label)
-        candidates.append(Candidate(f"s3://{bucket}/{key}", label, None, _s3_loader(client, bucket, key)))
+        columns.add(f"s3://{bucket}/{key}", label)
     if not classes:
         raise SourceError(f"{uri} holds no objects under <keyword>/ prefixes")
-    return Listing(uri, candidates, sorted(classes))
+    sources, labels, _, in_test = columns.columns()
+    return Listing(uri, sources, labels, in_test, columns.rejected, sorted(classes), _reader(sources, client))

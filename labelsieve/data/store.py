@@ -27,6 +27,7 @@ import math
 import os
 import re
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,7 @@ class Dataset:
         return self.samples[split]["label"].astype(np.int64)
 
 
-def content_hash(classes: list[str], rows: list[tuple[str, str, int, int, str, str]]) -> str:
+def content_hash(classes: list[str], rows: Iterable[tuple[str, str, int, int, str, str]]) -> str:
     """SHA-256 over the class list and every (split, index, label, pixel hash): the dataset's identity."""
     digest = hashlib.sha256(json.dumps(classes).encode())
     for _id, split, index, label, _source, sha in rows:

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NoReturn
@@ -41,6 +43,10 @@ TEST_LEAK = "test_leak"
 NEAR_TEST_LEAK = "near_test_leak"
 SMALL_CLASS = "small_class"
 CHUNK = 512  # candidates decoded per batch; bounds the memory held by in-flight decodes
+COPY_BYTES = 16 * 2**20  # pixels gathered at a time from the work array into a split's array
+DIGEST_BYTES = 32  # sha256 of an image's stored pixels: its content hash
+_KEPT, _STORED, _REPEAT, _LEAK = range(4)  # why `_deduplicate` skips a row
+_ROWS_AT_ONCE = 65_536  # an appended-to dataset's rows turned into Python objects at a time
 
 
 class IngestError(LabelsieveError):
@@ -58,57 +64,57 @@ def run(params: Params, *, out_dir: str | Path) -> dict[str, Any]:
     """
     cfg, data = params.ingest, params.data
     listing = sources.open_source(cfg)
-    classes = list(
-        cfg.classes or listing.classes or sorted({c.label for c in listing.candidates if not c.rejected})
-    )
+    n = len(listing)
+    listed = np.ones(n, dtype=bool)
+    listed[list(listing.rejected)] = False
+    classes = list(cfg.classes or listing.classes or np.unique(listing.labels[listed]).tolist())
     base = _base_dataset(cfg.append_to, params) if cfg.append_to else None
     if base is not None:  # old class indices stay; classes new to this crawl go after them
         new = [name for name in classes if name not in base.classes]
         if new and cfg.strict_classes:
             raise IngestError(_new_classes_message(cfg.append_to, listing.name, base.classes, new))
         classes = base.classes + new
-    class_index = {name: k for k, name in enumerate(classes)}
-    candidates = listing.candidates
-    n = len(candidates)
+    labels = _class_indices(listing.labels, classes)
     shape = (data.channels, data.image_size, data.image_size)
     skipped: list[dict[str, str]] = []
 
     with atomic_dir(out_dir) as tmp:
         work = preallocated_npy(tmp / "work.npy", (max(n, 1), *shape))  # a full disk is an error, not SIGBUS
-        hashes: list[str | None] = [None] * n
+        digests = np.zeros((n, DIGEST_BYTES), dtype=np.uint8)  # sha256 of each decoded image's pixels
         workers = cfg.workers or os.cpu_count() or 1
         decode = functools.partial(
             _decode_into,
             work=work,
-            candidates=candidates,
-            class_index=class_index,
+            digests=digests,
+            listing=listing,
+            labels=labels,
             size=data.image_size,
             channels=data.channels,
             max_pixels=cfg.max_image_pixels,
         )
+        decoded = np.zeros(n, dtype=bool)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             starts = range(0, n, CHUNK)
             try:
                 for start in progress(starts, total=len(starts), desc="ingest", mode=params.runtime.progress):
                     rows = range(start, min(start + CHUNK, n))
-                    for i, (sha, reason, detail) in zip(rows, pool.map(decode, rows), strict=True):
-                        if sha is None:
-                            skipped.append(_skip_entry(candidates[i], reason, detail))
-                        hashes[i] = sha
+                    for i, skip in zip(rows, pool.map(decode, rows), strict=True):
+                        if skip is None:
+                            decoded[i] = True
+                        else:
+                            skipped.append(_skip_entry(listing, i, *skip))
             except BaseException:  # a storage outage: do not wait for the queued reads to time out too
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
         work.flush()
 
-        labels = np.array([class_index.get(c.label, -1) for c in candidates], dtype=np.int64)
-        has_test = any(c.split == "test" for c in candidates)
-        is_test = np.array([c.split == "test" for c in candidates], dtype=bool)
-        keep, conflicts = _deduplicate(candidates, hashes, labels, is_test, classes, skipped, _stored(base))
+        is_test = listing.in_test
+        keep, conflicts = _deduplicate(listing, digests, decoded, labels, classes, skipped, _stored(base))
         protected = len(base.classes) if base is not None else 0
         dropped = _small_classes(labels, keep & ~is_test, classes, protected, cfg.min_class_size, skipped)
         if dropped:
             _refuse_or_warn(cfg, listing.name, n, dropped, len(classes), skipped, out_dir)
-            classes, labels = _without(classes, labels, keep, candidates, dropped, skipped)
+            classes, labels = _without(classes, labels, keep, listing, dropped, skipped)
         new_classes = classes[protected:] if base is not None else []
         if new_classes:
             message = _new_classes_message(cfg.append_to, listing.name, base.classes, new_classes)
@@ -116,7 +122,7 @@ def run(params: Params, *, out_dir: str | Path) -> dict[str, Any]:
 
         train_pool = np.flatnonzero(keep & ~is_test)
         test_rows = np.flatnonzero(keep & is_test)
-        if not has_test:
+        if not is_test.any():
             held = splits.stratified_holdout(
                 labels[train_pool], cfg.test_fraction, numpy_rng(params.runtime.seed, "test")
             )
@@ -124,7 +130,7 @@ def run(params: Params, *, out_dir: str | Path) -> dict[str, Any]:
         near_check = _near_duplicate_check(cfg.near_duplicate_bits, data.image_size)
         if near_check.startswith("on"):
             train_pool = _drop_near_test_leaks(
-                work, train_pool, test_rows, base, candidates, cfg.near_duplicate_bits, skipped
+                work, train_pool, test_rows, base, listing, cfg.near_duplicate_bits, skipped
             )
         if base is None:
             subset = splits.first_per_class(labels[train_pool], cfg.per_class_limit)
@@ -159,25 +165,20 @@ def run(params: Params, *, out_dir: str | Path) -> dict[str, Any]:
         problem = None if base is not None else _emptiness(listing.name, classes, labels, split_rows, reasons)
         if problem:
             _fail(out_dir, report, problem)
-        rows = []
         for split, members in split_rows.items():
             out = preallocated_npy(tmp / f"{split}.npy", (counts[split], *shape))
             if base is not None:  # the old rows first, unchanged
                 out[: old[split]] = base.images(split)
-                t = base.samples[split]
-                old_rows = zip(t["id"], t["index"], t["label"], t["source"], t["sha256"], strict=True)
-                rows += [(str(i), split, int(k), int(y), str(s), str(h)) for i, k, y, s, h in old_rows]
-            for start in range(0, len(members), 4096):
-                end = old[split] + start + len(members[start : start + 4096])
-                out[old[split] + start : end] = work[members[start : start + 4096]]
+            step = max(1, COPY_BYTES // math.prod(shape))  # rows copied at a time
+            for start in range(0, len(members), step):
+                end = old[split] + start + len(members[start : start + step])
+                out[old[split] + start : end] = work[members[start : start + step]]
             out.flush()
             del out
-            for index, i in enumerate(members, start=old[split]):
-                sha = hashes[i]
-                rows.append((sha[:16], split, index, int(labels[i]), candidates[i].source, sha))
         del work
         (tmp / "work.npy").unlink()
 
+        sample_rows = functools.partial(_sample_rows, base, split_rows, old, labels, digests, listing.sources)
         meta = {
             "format_version": store.FORMAT_VERSION,
             "source": listing.name if base is None else f"{base.meta['source']} + {listing.name}",
@@ -185,10 +186,10 @@ def run(params: Params, *, out_dir: str | Path) -> dict[str, Any]:
             "channels": data.channels,
             "num_classes": len(classes),
             "counts": counts,
-            "content_hash": store.content_hash(classes, rows),
+            "content_hash": store.content_hash(classes, sample_rows()),
             "params": {"data": params.to_dict()["data"], "ingest": params.to_dict()["ingest"]},
         }
-        write_csv(tmp / "samples.csv", store.SAMPLE_COLUMNS, rows)
+        write_csv(tmp / "samples.csv", store.SAMPLE_COLUMNS, sample_rows())
         write_json(tmp / "classes.json", classes)
         write_json(tmp / "dataset.json", meta)
         write_json(tmp / "ingest_report.json", report)
@@ -203,28 +204,42 @@ def run(params: Params, *, out_dir: str | Path) -> dict[str, Any]:
     }
 
 
+def _class_indices(names: np.ndarray, classes: list[str]) -> np.ndarray:
+    """(N,) int64 index in `classes` of each class name in `names`, -1 for a name not there."""
+    unique, inverse = np.unique(names, return_inverse=True)
+    index = {name: k for k, name in enumerate(classes)}
+    return np.array([index.get(str(name), -1) for name in unique], dtype=np.int64)[inverse.ravel()]
+
+
 def _decode_into(
-    i: int, *, work: np.ndarray, candidates: list[sources.Candidate], **decode: Any
-) -> tuple[str | None, str, str]:
-    """Decode candidate `i` into row `i` of `work`, in a pool thread (so the copy and the hash run in
-    parallel too): (sha256 of the stored pixels, "", "") or (None, reason, detail)."""
-    pixels, reason, detail = _decode(candidates[i], **decode)
+    i: int,
+    *,
+    work: np.ndarray,
+    digests: np.ndarray,
+    listing: sources.Listing,
+    labels: np.ndarray,
+    **decode: Any,
+) -> tuple[str, str] | None:
+    """Decode candidate `i` into row `i` of `work` and the sha256 of its pixels into row `i` of `digests`,
+    in a pool thread (so the copy and the hash run in parallel too); (reason, detail) if it is skipped."""
+    pixels, reason, detail = _decode(listing, i, labels[i] >= 0, **decode)
     if pixels is None:
-        return None, reason, detail
+        return reason, detail
     work[i] = pixels
-    return hashlib.sha256(pixels.tobytes()).hexdigest(), "", ""
+    digests[i] = np.frombuffer(hashlib.sha256(pixels.tobytes()).digest(), dtype=np.uint8)
+    return None
 
 
 def _decode(
-    candidate: sources.Candidate, class_index: dict[str, int], size: int, channels: int, max_pixels: int
+    listing: sources.Listing, i: int, known_label: bool, size: int, channels: int, max_pixels: int
 ) -> tuple[np.ndarray | None, str, str]:
-    """(pixels, "", "") for a usable candidate, else (None, reason, detail)."""
-    if candidate.rejected:
-        return None, *candidate.rejected
-    if candidate.label not in class_index:
-        return None, UNKNOWN_LABEL, f"label {candidate.label!r} is not in the class list"
+    """(pixels, "", "") for usable candidate `i`, else (None, reason, detail)."""
+    if i in listing.rejected:
+        return None, *listing.rejected[i]
+    if not known_label:
+        return None, UNKNOWN_LABEL, f"label {str(listing.labels[i])!r} is not in the class list"
     try:
-        raw = candidate.load()
+        raw = listing.read(i)
     except (OSError, s3.ObjectMissing) as err:  # any other StorageError is an outage: it stops the ingest
         return None, sources.READ_ERROR, str(err)
     try:
@@ -235,71 +250,97 @@ def _decode(
         return None, err.reason, err.detail
 
 
-def _skip_entry(candidate: sources.Candidate, reason: str, detail: str) -> dict[str, str]:
-    return {"source": candidate.source, "label": candidate.label, "reason": reason, "detail": detail}
+def _skip_entry(listing: sources.Listing, i: int, reason: str, detail: str) -> dict[str, str]:
+    return {
+        "source": str(listing.sources[i]),
+        "label": str(listing.labels[i]),
+        "reason": reason,
+        "detail": detail,
+    }
+
+
+def _keys(digests: np.ndarray) -> np.ndarray:
+    """(N,) one sortable value per row of (N, DIGEST_BYTES) uint8 digests (rows equal iff values equal)."""
+    return np.ascontiguousarray(digests).view(np.dtype((np.void, DIGEST_BYTES))).ravel()
+
+
+def _find(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each of `keys`: whether it is in `sorted_keys`, and its position there (valid where found)."""
+    if len(sorted_keys) == 0:
+        return np.zeros(len(keys), dtype=bool), np.zeros(len(keys), dtype=np.int64)
+    where = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return sorted_keys[where] == keys, where
+
+
+def _first_rows(rows: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For ascending `rows`: their distinct keys (sorted), the first row of each, and for every row the
+    first row with its key."""
+    distinct, first, inverse = np.unique(keys[rows], return_index=True, return_inverse=True)
+    return distinct, rows[first], rows[first][inverse.ravel()]
 
 
 def _deduplicate(
-    candidates: list[sources.Candidate],
-    hashes: list[str | None],
+    listing: sources.Listing,
+    digests: np.ndarray,
+    decoded: np.ndarray,
     labels: np.ndarray,
-    is_test: np.ndarray,
     classes: list[str],
     skipped: list[dict[str, str]],
-    stored: dict[str, tuple[str, str]] | None = None,
+    stored: tuple[np.ndarray, np.ndarray, np.ndarray],
 ) -> tuple[np.ndarray, list[dict[str, str]]]:
     """Keep the first of each exact duplicate within a split; drop train images found in test.
 
-    `stored` maps the content hash of each sample already in an appended-to dataset to (split, source);
-    such an image is skipped as a duplicate, whatever split it is stored in.
+    `stored` holds the content keys (`_keys`), splits and sources of the samples already in an
+    appended-to dataset; such an image is skipped as a duplicate, whatever split it is stored in.
 
-    Returns the keep mask (N,) and the label conflicts among duplicates. Skips are appended to `skipped`.
+    Returns the keep mask (N,) and the label conflicts among duplicates. Skips are appended to `skipped`:
+    the test split's first, each split in listing order.
     """
-    stored = stored or {}
-    keep = np.array([h is not None for h in hashes], dtype=bool)
+    keys, is_test = _keys(digests), listing.in_test
+    stored_keys, stored_split, stored_source = stored
+    why = np.zeros(len(keys), dtype=np.int8)  # _KEPT, or why the row is skipped
+    other = np.zeros(len(keys), dtype=np.int64)  # the stored sample, or the row, that it repeats
+    by_key = np.argsort(stored_keys, kind="stable")
+    found, where = _find(stored_keys[by_key], keys)
+    hit = decoded & found
+    why[hit], other[hit] = _STORED, by_key[where[hit]]
+    test_rows = np.flatnonzero(decoded & ~found & is_test)
+    test_keys, test_firsts, first = _first_rows(test_rows, keys)
+    repeat = test_rows[first != test_rows]
+    why[repeat], other[repeat] = _REPEAT, first[first != test_rows]
+    train_rows = np.flatnonzero(decoded & ~found & ~is_test)
+    leaked, where = _find(test_keys, keys[train_rows])  # every copy of a test image, not only the first
+    why[train_rows[leaked]], other[train_rows[leaked]] = _LEAK, test_firsts[where[leaked]]
+    train_rows = train_rows[~leaked]
+    _, _, first = _first_rows(train_rows, keys)
+    repeat = train_rows[first != train_rows]
+    why[repeat], other[repeat] = _REPEAT, first[first != train_rows]
+
     conflicts: list[dict[str, str]] = []
-    first_test: dict[str, int] = {}
-    first_train: dict[str, int] = {}
-    # Test first, so a train image is checked against the whole test split for leakage.
-    order = [i for i in range(len(candidates)) if is_test[i]] + [
-        i for i in range(len(candidates)) if not is_test[i]
-    ]
-    for i in order:
-        sha = hashes[i]
-        if sha is None:
-            continue
-        seen = first_test if is_test[i] else first_train
-        if sha in stored:
-            keep[i] = False
-            split, where = stored[sha]
-            skipped.append(_skip_entry(candidates[i], DUPLICATE, f"already stored ({split}) as {where}"))
-        elif sha in seen:
-            kept = seen[sha]
-            keep[i] = False
-            detail = f"same pixels as {candidates[kept].source}"
+    flagged = np.flatnonzero(why)
+    for i in np.concatenate([flagged[is_test[flagged]], flagged[~is_test[flagged]]]):
+        kept = other[i]
+        if why[i] == _STORED:
+            detail = f"already stored ({stored_split[kept]}) as {stored_source[kept]}"
+            skipped.append(_skip_entry(listing, i, DUPLICATE, detail))
+        elif why[i] == _LEAK:
+            skipped.append(
+                _skip_entry(listing, i, TEST_LEAK, f"also in the test split as {listing.sources[kept]}")
+            )
+        else:
+            detail = f"same pixels as {listing.sources[kept]}"
             if labels[kept] != labels[i]:
                 detail += f" (label conflict: kept {classes[labels[kept]]!r}, dropped {classes[labels[i]]!r})"
                 conflicts.append(
                     {
-                        "kept": candidates[kept].source,
+                        "kept": str(listing.sources[kept]),
                         "kept_label": classes[labels[kept]],
-                        "dropped": candidates[i].source,
+                        "dropped": str(listing.sources[i]),
                         "dropped_label": classes[labels[i]],
                     }
                 )
-            skipped.append(_skip_entry(candidates[i], DUPLICATE, detail))
-        elif not is_test[i] and sha in first_test:
-            keep[i] = False
-            skipped.append(
-                _skip_entry(
-                    candidates[i],
-                    TEST_LEAK,
-                    f"also in the test split as {candidates[first_test[sha]].source}",
-                )
-            )
-        else:
-            seen[sha] = i
-    return keep, conflicts
+            skipped.append(_skip_entry(listing, i, DUPLICATE, detail))
+    return decoded & (why == _KEPT), conflicts
 
 
 def _counts(skipped: list[dict[str, str]]) -> dict[str, int]:
@@ -367,7 +408,7 @@ def _without(
     classes: list[str],
     labels: np.ndarray,
     keep: np.ndarray,
-    candidates: list[sources.Candidate],
+    listing: sources.Listing,
     dropped: list[dict[str, Any]],
     skipped: list[dict[str, str]],
 ) -> tuple[list[str], np.ndarray]:
@@ -380,9 +421,9 @@ def _without(
     usable = {d["class"]: d["usable"] for d in dropped}
     for i in np.flatnonzero(keep & hit):
         keep[i] = False
-        label = candidates[i].label
+        label = str(listing.labels[i])
         detail = f"class {label!r} dropped: {usable[label]} usable sample(s), under ingest.min_class_size"
-        skipped.append(_skip_entry(candidates[i], SMALL_CLASS, detail))
+        skipped.append(_skip_entry(listing, i, SMALL_CLASS, detail))
     renumber = np.where(gone, -1, np.cumsum(~gone) - 1)
     labels = np.where(has, renumber[np.clip(labels, 0, None)], -1)
     return [name for name, g in zip(classes, gone, strict=True) if not g], labels
@@ -414,22 +455,22 @@ def _drop_near_test_leaks(
     train_rows: np.ndarray,
     test_rows: np.ndarray,
     base: store.Dataset | None,
-    candidates: list[sources.Candidate],
+    listing: sources.Listing,
     bits: int,
     skipped: list[dict[str, str]],
 ) -> np.ndarray:
     """`train_rows` less those whose perceptual hash lies within `bits` of a test image's (the test rows,
     and an appended-to dataset's test split); each one dropped is appended to `skipped`."""
     reference = near_duplicates.phash(work, test_rows)
-    names = [candidates[i].source for i in test_rows]
+    names = listing.sources[test_rows]
     if base is not None:
         reference = np.concatenate([reference, near_duplicates.phash(base.images("test"))])
-        names += [str(name) for name in base.samples["test"]["source"]]
+        names = np.concatenate([names, base.samples["test"]["source"]])
     distance, nearest = near_duplicates.nearest(near_duplicates.phash(work, train_rows), reference)
     near = np.flatnonzero(distance <= bits)
     for k in near:
         detail = f"perceptual hash within {distance[k]} bits of test image {names[nearest[k]]}"
-        skipped.append(_skip_entry(candidates[train_rows[k]], NEAR_TEST_LEAK, detail))
+        skipped.append(_skip_entry(listing, train_rows[k], NEAR_TEST_LEAK, detail))
     return np.delete(train_rows, near)
 
 
@@ -457,15 +498,40 @@ def _base_dataset(path: str, params: Params) -> store.Dataset:
     return base
 
 
-def _stored(base: store.Dataset | None) -> dict[str, tuple[str, str]]:
-    """Content hash -> (split, source) of every sample already in `base` (empty without one)."""
-    if base is None:
-        return {}
-    return {
-        sha: (split, str(source))
-        for split, table in base.samples.items()
-        for sha, source in zip(table["sha256"], table["source"], strict=True)
-    }
+def _stored(base: store.Dataset | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Content keys (`_keys`), splits and sources of every sample already in `base` (none without one)."""
+    tables = [(split, base.samples[split]) for split in store.SPLITS] if base is not None else []
+    sha = "".join(h for _, table in tables for h in table["sha256"].tolist())
+    digests = np.frombuffer(bytes.fromhex(sha), dtype=np.uint8).reshape(-1, DIGEST_BYTES)
+    splits = np.array(
+        [split for split, table in tables for _ in range(len(table["sha256"]))], dtype=store.TEXT
+    )
+    names = [table["source"] for _, table in tables]
+    return _keys(digests), splits, np.concatenate(names) if names else np.array([], dtype=store.TEXT)
+
+
+def _sample_rows(
+    base: store.Dataset | None,
+    split_rows: dict[str, np.ndarray],
+    old: dict[str, int],
+    labels: np.ndarray,
+    digests: np.ndarray,
+    names: np.ndarray,
+) -> Iterator[tuple[str, str, int, int, str, str]]:
+    """The rows of samples.csv (`store.SAMPLE_COLUMNS`): per split, `base`'s rows unchanged, then the
+    listing rows `split_rows[split]` from index `old[split]` on."""
+    for split, members in split_rows.items():
+        table = base.samples[split] if base is not None else {"id": []}
+        for start in range(0, len(table["id"]), _ROWS_AT_ONCE):  # Python objects for a chunk at a time
+            part = slice(start, start + _ROWS_AT_ONCE)
+            columns = (
+                table[column][part].tolist() for column in ("id", "index", "label", "source", "sha256")
+            )
+            for sample_id, index, label, source, sha in zip(*columns, strict=True):
+                yield sample_id, split, index, label, source, sha
+        for index, i in enumerate(members, start=old[split]):
+            sha = digests[i].tobytes().hex()
+            yield sha[:16], split, index, int(labels[i]), str(names[i]), sha
 
 
 def _train_counts(base: store.Dataset, num_classes: int) -> np.ndarray:

@@ -124,7 +124,10 @@ def test_folder_listing_follows_links_only_inside_the_root(tmp_path, image_folde
     (root / "good" / "outer_link.png").symlink_to(outside / "000.png")
 
     listing = sources.open_source(IngestConfig(source=str(root)))
-    rejected = {Path(c.source).relative_to(root).as_posix(): c.rejected for c in listing.candidates}
+    rejected = {
+        Path(source).relative_to(root).as_posix(): listing.rejected.get(i)
+        for i, source in enumerate(listing.sources.tolist())
+    }
     assert listing.classes == ["good", "linked_class"]
     assert rejected == {
         "good/000.png": None,
