@@ -36,10 +36,9 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks import cleanlab_peer  # noqa: E402
+from benchmarks import cleanlab_peer, noisy_label_probs  # noqa: E402
 from benchmarks.quality import NOISE  # noqa: E402
 from labelsieve.atomic import write_json, write_text  # noqa: E402
-from labelsieve.config import Params, load_params  # noqa: E402
 from labelsieve.engine.device import resolve_device  # noqa: E402
 from labelsieve.engine.resident import TrainingData  # noqa: E402
 from labelsieve.maths import metrics, purification  # noqa: E402
@@ -48,22 +47,6 @@ from labelsieve.stages import ingest, inject_noise  # noqa: E402
 
 THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
 RESULTS = REPO / "benchmarks" / "results" / "detection_ceiling.json"
-
-
-def setting_params(data: str, noise: str, seed: int) -> Params:
-    """The `ce` preset on the quality profile (``profile``) or a manifest, one noise setting and seed."""
-    source = [] if data == "profile" else [f"ingest.source={data}", "ingest.per_class_limit=0"]
-    return load_params(
-        REPO / "params.yaml",
-        presets=["ce"],
-        overrides=[
-            "runtime.progress=never",
-            "runtime.threads=1",
-            f"runtime.seed={seed}",
-            *NOISE[noise],
-            *source,
-        ],
-    )
 
 
 def ceiling(given: np.ndarray, truth: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
@@ -91,9 +74,9 @@ def one_seed(data: str, noises: list[str], seed: int) -> list[dict[str, Any]]:
     runs, probs = [], None
     with tempfile.TemporaryDirectory(prefix="labelsieve-ceiling-") as tmp:
         work = Path(tmp)
-        ingest.run(setting_params(data, noises[0], seed), out_dir=work / "dataset")
+        ingest.run(noisy_label_probs.run_params(data, noises[0], seed), out_dir=work / "dataset")
         for noise in noises:
-            params = setting_params(data, noise, seed)
+            params = noisy_label_probs.run_params(data, noise, seed)
             labels = work / f"labels-{noise}"
             inject_noise.run(params, dataset_dir=work / "dataset", out_dir=labels)
             loaded = TrainingData.load(work / "dataset", labels, resolve_device("cpu"))

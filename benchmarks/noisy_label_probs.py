@@ -75,10 +75,11 @@ RESULTS = REPO / "benchmarks" / "results" / "noisy_label_probs.json"
 
 
 def run_params(data: str, noise: str, seed: int) -> Params:
-    """The `ce` preset on `data` (``digits`` or a manifest), one noise setting, one seed, one thread."""
+    """The `ce` preset on `data` (``digits``, ``profile``: the quality benchmark's own images, or a
+    manifest), one noise setting, one seed, one thread."""
     table = DIGITS_NOISE if data == "digits" else NOISE
     source = ["digits"] if data == "digits" else []
-    overrides = [] if data == "digits" else [f"ingest.source={data}", "ingest.per_class_limit=0"]
+    overrides = [] if data in ("digits", "profile") else [f"ingest.source={data}", "ingest.per_class_limit=0"]
     return load_params(
         REPO / "params.yaml",
         presets=[*source, "ce"],

@@ -503,8 +503,8 @@ def _stored(base: store.Dataset | None) -> tuple[np.ndarray, np.ndarray, np.ndar
     tables = [(split, base.samples[split]) for split in store.SPLITS] if base is not None else []
     sha = "".join(h for _, table in tables for h in table["sha256"].tolist())
     digests = np.frombuffer(bytes.fromhex(sha), dtype=np.uint8).reshape(-1, DIGEST_BYTES)
-    splits = np.array(
-        [split for split, table in tables for _ in range(len(table["sha256"]))], dtype=store.TEXT
+    splits = np.repeat(
+        np.array([split for split, _ in tables], dtype=store.TEXT), [len(t["sha256"]) for _, t in tables]
     )
     names = [table["source"] for _, table in tables]
     return _keys(digests), splits, np.concatenate(names) if names else np.array([], dtype=store.TEXT)
