@@ -17,6 +17,14 @@ while it is ingested, 25 GB after):
 6. `ssl-train` and `group-regularize` with 0 epochs (they pass the networks through; timed, not the point).
 7. `purify` with `runtime.data_path=stream`: a streamed pass of both networks, then every score and decision.
 
+`--purify-inputs stand-in` times purify at a size where the chain before it does not fit a sitting (at 10^6
+co-divide, ssl-train and group-regularize are each a streamed pass of about an hour here): purify then
+reads the warm-up's networks, which 0-epoch ssl-train and group-regularize pass through unchanged, and
+seeded stand-ins of the arrays those two steps would add (`write_stand_ins`: the training dynamics and
+clean probabilities of ssl-train, GRIP's class soft labels), in the shapes and dtypes the stages write.
+Purify's work, one streamed pass of both networks and the maths on (N, C) arrays, does not depend on
+their values.
+
 Every step is a fresh process; its wall seconds and its peak RSS (`ru_maxrss` from `os.wait4`) are
 recorded. Writes crawl_scale.json and crawl_scale.md to `--out` (default benchmarks/results). The stage
 outputs stay under `--root`, so `--steps` can run some steps now and the rest later (each invocation runs
@@ -49,7 +57,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.environment import cpu_model, git_commit, parse_sizes, status_kib  # noqa: E402
-from labelsieve.atomic import write_json, write_text  # noqa: E402
+from labelsieve.atomic import atomic_dir, write_json, write_npz, write_text  # noqa: E402
 
 SIDE, CLASSES = 64, 10
 SETTINGS = (
@@ -94,6 +102,38 @@ def generate(root: Path, n: int, *, side: int = SIDE, seed: int = 0, chunk: int 
         for i, (y, image) in enumerate(zip(labels, pixels, strict=True)):
             (root / f"class{y}" / f"{start + i:07d}.ppm").write_bytes(header + image.tobytes())
     (root / ".done").write_text("complete\n")
+
+
+def write_stand_ins(work: Path, *, seed: int = 0) -> None:
+    """Purify's inputs beyond the networks, seeded, under `work`/ssl and `work`/group (see the docstring).
+
+    ssl/ gets the warm-up's networks, ``dynamics.npz`` (the mean softmax, loss and margin of one division:
+    noisy logits with the given label ahead by 4) and ``partition.npz`` (clean probabilities); group/ gets
+    ``soft_labels.npy`` (K, C, C), each row a distribution. Run in a child process (`--stand-ins`), so this
+    process stays small (`run_step`).
+    """
+    with np.load(work / "labels" / "labels.npz") as arrays:
+        labels = arrays["train_labels"]
+    meta = json.loads((work / "warmup" / "networks.json").read_text())
+    k, n = meta["count"], len(labels)
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0.0, 1.0, (n, CLASSES)).astype(np.float32)
+    logits[np.arange(n), labels] += 4.0
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    given = probs[np.arange(n), labels]
+    others = np.where(np.arange(CLASSES) == labels[:, None], -np.inf, probs).max(axis=1)
+    clean = rng.uniform(0.0, 1.0, (k, n)).astype(np.float32)
+    soft = rng.dirichlet(np.ones(CLASSES), (k, CLASSES)).astype(np.float32)
+    with atomic_dir(work / "ssl") as tmp:
+        for name in ("networks.json", *(f"net{i}.pt" for i in range(1, k + 1))):
+            shutil.copyfile(work / "warmup" / name, tmp / name)
+        write_npz(tmp / "dynamics.npz", probs=probs, loss=-np.log(given), margin=given - others,
+                  held_out_probs=probs, count=np.array(1))  # fmt: skip
+        write_npz(tmp / "partition.npz", losses=-np.log(np.tile(given, (k, 1))), normalised=clean,
+                  clean_prob=clean, labeled=clean > 0.5)  # fmt: skip
+    with atomic_dir(work / "group") as tmp:
+        np.save(tmp / "soft_labels.npy", soft)
 
 
 def run_step(argv: list[str], log: Path) -> dict[str, float]:
@@ -182,10 +222,15 @@ def measure(
     for name, argv in stage_commands(work, crawl, extra).items():
         if name not in args.steps:
             continue
+        if name == "purify" and args.purify_inputs == "stand-in":
+            run_step([sys.executable, __file__, "--stand-ins", str(work)], log)
         shutil.rmtree(work / OUTPUTS[name], ignore_errors=True)
         if args.cold_cache:
             drop_page_cache()
-        row["steps"][name] = with_net(run_step(argv, log), startup, sitting) | {"cold_cache": args.cold_cache}
+        figures = with_net(run_step(argv, log), startup, sitting) | {"cold_cache": args.cold_cache}
+        if name == "purify":
+            figures["inputs"] = args.purify_inputs
+        row["steps"][name] = figures
         print(json.dumps({"n": n, "step": name, **row["steps"][name]}), flush=True)
         if name == "ingest" and not args.keep_crawl:
             shutil.rmtree(crawl)
@@ -267,7 +312,8 @@ def markdown(result: dict[str, Any]) -> str:
             fig = row["steps"][name]
             per = fig["net_seconds"] / row["n"] * 1e6
             cpu = f"{fig['cpu_seconds']:.1f}" if "cpu_seconds" in fig else ""
-            label = f"{name}, cold cache" if fig.get("cold_cache") else name
+            label = name + (", stand-in inputs" if fig.get("inputs") == "stand-in" else "")
+            label += ", cold cache" if fig.get("cold_cache") else ""
             sitting = fig["sitting"].replace("T", " ")[:16]
             lines.append(
                 f"| {row['n']:.0e} | {label} | {sitting} | {fig['seconds']:.1f} | {fig['net_seconds']:.1f} | "
@@ -319,6 +365,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="drop the page cache before each step (root only), so every size reads its input from disk",
     )
+    parser.add_argument(
+        "--purify-inputs",
+        choices=("chain", "stand-in"),
+        default="chain",
+        help="chain: purify reads ssl-train's and group-regularize's outputs; stand-in: the warm-up's "
+        "networks and seeded stand-ins of the rest (`write_stand_ins`), without running the steps between",
+    )
     return parser.parse_args(argv)
 
 
@@ -326,6 +379,9 @@ def main(argv: list[str] | None = None) -> None:
     """Measure every size; write the JSON and the table."""
     if argv is None and len(sys.argv) == 4 and sys.argv[1] == "--generate":
         generate(Path(sys.argv[2]), int(sys.argv[3]))
+        return
+    if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--stand-ins":
+        write_stand_ins(Path(sys.argv[2]))
         return
     args = parse_args(argv)
     if unknown := set(args.steps) - set(STEPS):

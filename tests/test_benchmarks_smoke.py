@@ -629,3 +629,61 @@ def test_detection_ceiling_figures_by_hand() -> None:
             "clean_accuracy": 1.0,
         }
     )
+
+
+def test_crawl_scale_stand_ins_have_the_stages_shapes_and_purify_reads_them(tmp_path: Path) -> None:
+    crawl_scale = _benchmark_module("crawl_scale")
+    root, out = tmp_path / "root", tmp_path / "out"
+    common = ["--sizes", "300", "--root", str(root), "--out", str(out), "--threads", "1"]
+    chain = "ingest,inject_noise,warmup,co_divide,ssl_train,group_regularize"
+    crawl_scale.main([*common, "--steps", chain])  # ssl-train and group-regularize write the real files
+    work = root / "n300"
+    real = {name: dict(np.load(work / f"ssl/{name}")) for name in ("dynamics.npz", "partition.npz")}
+    real["soft_labels.npy"] = {"soft": np.load(work / "group/soft_labels.npy")}
+    crawl_scale.main([*common, "--steps", "purify", "--purify-inputs", "stand-in"])
+    stand_in = {name: dict(np.load(work / f"ssl/{name}")) for name in ("dynamics.npz", "partition.npz")}
+    stand_in["soft_labels.npy"] = {"soft": np.load(work / "group/soft_labels.npy")}
+    for name, arrays in real.items():
+        assert stand_in[name].keys() == arrays.keys(), name
+        for key, value in arrays.items():
+            assert (stand_in[name][key].shape, stand_in[name][key].dtype) == (value.shape, value.dtype), key
+    assert np.allclose(stand_in["soft_labels.npy"]["soft"].sum(axis=2), 1.0)
+    assert np.allclose(stand_in["dynamics.npz"]["probs"].sum(axis=1), 1.0, atol=1e-5)
+    for k in (1, 2):
+        assert (work / f"ssl/net{k}.pt").read_bytes() == (work / f"warmup/net{k}.pt").read_bytes()
+    result = json.loads((out / "crawl_scale.json").read_text())
+    assert result["rows"][0]["steps"]["purify"]["inputs"] == "stand-in"
+    assert "| 3e+02 | purify, stand-in inputs |" in (out / "crawl_scale.md").read_text()
+    assert (work / "purified" / "scores.npz").is_file()
+
+
+def test_refit_forward_loss_by_hand() -> None:
+    refit = _benchmark_module("refit_detection")
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    labels = torch.tensor([1, 0])
+    matrix = np.array([[0.6, 0.3, 0.0], [0.4, 0.7, 0.1], [0.0, 0.0, 0.9]])  # columns: P(ỹ | y* = j)
+    p = np.exp(logits.double().numpy())
+    p /= p.sum(axis=1, keepdims=True)
+    expected = -np.mean([np.log(matrix[1] @ p[0]), np.log(matrix[0] @ p[1])])
+    got = refit.forward_loss(logits, labels, torch.from_numpy(matrix).float())
+    assert float(got) == pytest.approx(expected, rel=1e-6)
+    same = refit.forward_loss(logits, labels, torch.eye(3))  # T = I: plain cross-entropy
+    assert float(same) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, labels)), rel=1e-6)
+
+
+def test_neighbour_posterior_by_hand() -> None:
+    study = _benchmark_module("neighbour_evidence")
+    matrix = np.array([[0.6, 0.4], [0.4, 0.6]])  # a 40% swap between two classes
+    given = np.array([0, 0, 0, 1, 1])
+    nearest = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 4], [4, 0, 1], [3, 0, 1]])
+    wrong = study.neighbour_posterior(given, nearest, matrix, 0.5)
+    # sample 0 (ỹ 0; neighbours' labels 0, 0, 1): odds of class 1 over 0 are (0.4/0.6) · (0.4/0.6)^(0.5·(2-1))
+    odds = (0.4 / 0.6) * (0.4 / 0.6) ** 0.5
+    assert wrong[0] == pytest.approx(odds / (1 + odds))
+    # sample 3 (ỹ 1; labels 1, 0, 0): class 0 over 1 is (0.4/0.6) · (0.6/0.4)^(0.5·(2-1))
+    odds = (0.4 / 0.6) * (0.6 / 0.4) ** 0.5
+    assert wrong[3] == pytest.approx(odds / (1 + odds))
+    probs = np.array([[0.9, 0.1], [0.5, 0.5], [0.5, 0.5], [0.8, 0.2], [0.5, 0.5]])
+    with_probs = study.neighbour_posterior(given, nearest, matrix, 0.5, probs)
+    odds = (0.4 / 0.6) * (0.6 / 0.4) ** 0.5 * (0.8 / 0.2)
+    assert with_probs[3] == pytest.approx(odds / (1 + odds))
