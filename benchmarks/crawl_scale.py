@@ -57,7 +57,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.environment import cpu_model, git_commit, parse_sizes, status_kib  # noqa: E402
-from labelsieve.atomic import atomic_dir, write_json, write_npz, write_text  # noqa: E402
+from labelsieve.atomic import atomic_dir, write_json, write_npy, write_npz, write_text  # noqa: E402
 
 SIDE, CLASSES = 64, 10
 SETTINGS = (
@@ -112,6 +112,8 @@ def write_stand_ins(work: Path, *, seed: int = 0) -> None:
     ``soft_labels.npy`` (K, C, C), each row a distribution. Run in a child process (`--stand-ins`), so this
     process stays small (`run_step`).
     """
+    from labelsieve.maths.purification import margins  # here: the parent process never imports torch
+
     with np.load(work / "labels" / "labels.npz") as arrays:
         labels = arrays["train_labels"]
     meta = json.loads((work / "warmup" / "networks.json").read_text())
@@ -122,18 +124,18 @@ def write_stand_ins(work: Path, *, seed: int = 0) -> None:
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
     given = probs[np.arange(n), labels]
-    others = np.where(np.arange(CLASSES) == labels[:, None], -np.inf, probs).max(axis=1)
     clean = rng.uniform(0.0, 1.0, (k, n)).astype(np.float32)
     soft = rng.dirichlet(np.ones(CLASSES), (k, CLASSES)).astype(np.float32)
     with atomic_dir(work / "ssl") as tmp:
         for name in ("networks.json", *(f"net{i}.pt" for i in range(1, k + 1))):
             shutil.copyfile(work / "warmup" / name, tmp / name)
-        write_npz(tmp / "dynamics.npz", probs=probs, loss=-np.log(given), margin=given - others,
+        margin = margins(labels, probs).astype(np.float32)
+        write_npz(tmp / "dynamics.npz", probs=probs, loss=-np.log(given), margin=margin,
                   held_out_probs=probs, count=np.array(1))  # fmt: skip
         write_npz(tmp / "partition.npz", losses=-np.log(np.tile(given, (k, 1))), normalised=clean,
                   clean_prob=clean, labeled=clean > 0.5)  # fmt: skip
     with atomic_dir(work / "group") as tmp:
-        np.save(tmp / "soft_labels.npy", soft)
+        write_npy(tmp / "soft_labels.npy", soft)
 
 
 def run_step(argv: list[str], log: Path) -> dict[str, float]:
