@@ -23,10 +23,11 @@ import torch
 
 from labelsieve.atomic import write_json
 from labelsieve.config import load_params
+from labelsieve.engine import loop
 from labelsieve.engine.device import apply_threads
 from labelsieve.engine.resident import TrainingData
-from labelsieve.maths import metrics
-from labelsieve.stages import STAGES
+from labelsieve.maths import metrics, purification
+from labelsieve.stages import STAGES, purify
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -52,6 +53,10 @@ def probe(run: Path, name: str, overrides: list[str], seed: int, out: Path) -> d
     noisy = (data.train_labels != data.train_true_labels).numpy()
     networks = json.loads((divide / "summary.json").read_text())["networks"]
     clean_prob = np.load(divide / "partition.npz")["clean_prob"].mean(axis=0)
+    warm_probs = purify.final_probs(loop.load_networks(warm, params, data, torch.device("cpu")), data, params)
+    posterior = purification.find_label_issues(
+        data.train_labels.numpy(), warm_probs.double().numpy(), probs_from="robust"
+    )
     return {
         "variant": name,
         "overrides": overrides,
@@ -61,6 +66,7 @@ def probe(run: Path, name: str, overrides: list[str], seed: int, out: Path) -> d
             for key in ("precision", "recall", "fraction")
         },
         "auroc_clean_prob": metrics.auroc(1.0 - clean_prob, noisy),
+        "auroc_warmup_posterior": metrics.auroc(posterior.scores["noise_score"], noisy),
     }
 
 

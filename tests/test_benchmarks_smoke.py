@@ -18,7 +18,12 @@ import pytest
 import torch
 
 from labelsieve.config import load_params
-from labelsieve.stages import STAGES
+from labelsieve.data.store import Dataset
+from labelsieve.engine import loop
+from labelsieve.engine.resident import TrainingData
+from labelsieve.maths import confident
+from labelsieve.models import build_model
+from labelsieve.stages import STAGES, co_divide
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SPEED = BENCHMARKS / "speed.py"
@@ -687,3 +692,34 @@ def test_neighbour_posterior_by_hand() -> None:
     with_probs = study.neighbour_posterior(given, nearest, matrix, 0.5, probs)
     odds = (0.4 / 0.6) * (0.6 / 0.4) ** 0.5 * (0.8 / 0.2)
     assert with_probs[3] == pytest.approx(odds / (1 + odds))
+
+
+def test_posterior_division_uses_each_networks_own_posterior(make_params) -> None:
+    study = _benchmark_module("posterior_division")
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8, generator=generator)
+    labels = torch.arange(40) % 3
+    dataset = Dataset(root=Path("."), classes=["a", "b", "c"], meta={"content_hash": "c0ffee"}, samples={})
+    data = TrainingData(
+        images, labels, images, labels, images, labels, None, (0.5,), (0.25,), dataset, "c0ffee:key"
+    )
+    networks = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        networks.append(build_model("small_cnn", num_classes=3, in_channels=1).eval())
+    params = make_params("co_divide.threshold=0.3")  # untrained networks: clean probabilities 0.18 to 0.40
+    result = study.divide_by_posterior(networks, data, params, tag="t", min_size=1)
+    assert result.fell_back == [False, False]
+    given = labels.numpy()
+    for k, model in enumerate(networks):
+        p = torch.softmax(loop.logits_on(model, images, data, params), dim=1).double().numpy()
+        t = confident.estimate(given, p).noise_matrix
+        joint = p * t[given]  # p_j T[ỹ, j], float64 by hand
+        expected = joint[np.arange(40), given] / joint.sum(axis=1)
+        assert result.clean_prob[k].numpy() == pytest.approx(expected, abs=1e-6)
+        assert torch.equal(result.labeled[k], result.clean_prob[k] > params.co_divide.threshold)
+    assert not torch.equal(result.clean_prob[0], result.clean_prob[1])
+    stage_divide = co_divide.divide
+    with study.division_by("posterior"):
+        assert co_divide.divide is study.divide_by_posterior
+    assert co_divide.divide is stage_divide
