@@ -7,8 +7,10 @@ inst40 (0.89 against 0.94 to 0.96). This study asks what the rest of the chain m
 runs the `labelsieve` method (`quality.run_one`, every stage after ingest) with each co-divide, the
 `co_divide` stage's and every SSL epoch's, replaced by `divide_by_posterior`: network k's clean probability
 is 1 − P(y* ≠ ỹ | x, ỹ) from its own softmax, and its labeled set the samples above `co_divide.threshold`,
-as the GMM's clean probability is used. `--division gmm` runs the stage's own division in the same way,
-so both rows come from one script and one sitting. It is a study, not a stage option.
+as the GMM's clean probability is used. `--division posterior_first` replaces only the first division,
+the one from the warm-up networks, where the posterior's lead under a swap is largest (the first SSL
+epoch trains on it; every later epoch divides by the GMM). `--division gmm` runs the stage's own division
+in the same way, so every row comes from one script and one sitting. It is a study, not a stage option.
 
     uv run python benchmarks/posterior_division.py --dataset /var/tmp/fm-tune-work-b/dataset --noise asym40 \\
         --division posterior --work /tmp/pd/asym40-posterior --set runtime.threads=1 \\
@@ -39,7 +41,7 @@ from labelsieve.engine.resident import TrainingData  # noqa: E402
 from labelsieve.maths import division, purification  # noqa: E402
 from labelsieve.stages import co_divide  # noqa: E402
 
-DIVISIONS = ("gmm", "posterior")
+DIVISIONS = ("gmm", "posterior", "posterior_first")
 
 
 def divide_by_posterior(
@@ -86,13 +88,18 @@ def divide_by_posterior(
 
 @contextlib.contextmanager
 def division_by(kind: str) -> Iterator[None]:
-    """Within the block, the `co_divide` stage and `ssl_train` divide by `kind`.
+    """Within the block, the `co_divide` stage and `ssl_train` divide by `kind` (`posterior_first`: the
+    `co_divide` stage's division, from the warm-up networks, by the posterior; every SSL epoch's by the GMM).
 
     Both call `co_divide.divide` through the module, so replacing the module's attribute reaches them.
     """
     stage_divide = co_divide.divide
-    if kind == "posterior":
-        co_divide.divide = divide_by_posterior
+
+    def first_by_posterior(*args: Any, tag: str, **kwargs: Any) -> co_divide.Division:
+        by = divide_by_posterior if tag == "co_divide" else stage_divide  # the co_divide stage's tag
+        return by(*args, tag=tag, **kwargs)
+
+    co_divide.divide = {"gmm": stage_divide, "posterior": divide_by_posterior}.get(kind, first_by_posterior)
     try:
         yield
     finally:

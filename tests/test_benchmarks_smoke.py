@@ -723,3 +723,11 @@ def test_posterior_division_uses_each_networks_own_posterior(make_params) -> Non
     with study.division_by("posterior"):
         assert co_divide.divide is study.divide_by_posterior
     assert co_divide.divide is stage_divide
+    gmm = stage_divide(networks, data, params, tag="epoch4", min_size=1)
+    with study.division_by("posterior_first"):  # the co_divide stage's tag alone goes to the posterior
+        first = co_divide.divide(networks, data, params, tag="co_divide", min_size=1)
+        later = co_divide.divide(networks, data, params, tag="epoch4", min_size=1)
+    assert torch.equal(first.clean_prob, result.clean_prob)
+    assert torch.equal(later.clean_prob, gmm.clean_prob)
+    assert not torch.equal(gmm.clean_prob, result.clean_prob)
+    assert co_divide.divide is stage_divide
