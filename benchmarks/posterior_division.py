@@ -10,7 +10,10 @@ is 1 − P(y* ≠ ỹ | x, ỹ) from its own softmax, and its labeled set the sa
 as the GMM's clean probability is used. `--division posterior_first` replaces only the first division,
 the one from the warm-up networks, where the posterior's lead under a swap is largest (the first SSL
 epoch trains on it; every later epoch divides by the GMM). `--division gmm` runs the stage's own division
-in the same way, so every row comes from one script and one sitting. It is a study, not a stage option.
+in the same way, so every row comes from one script. `--division posterior_counts` divides by the
+posterior every epoch but fixes each class's count of left-out samples at confident learning's estimate
+on the warm-up networks, so that a class cannot vanish from its labeled set. It is a study, not a stage
+option.
 
     uv run python benchmarks/posterior_division.py --dataset /var/tmp/fm-tune-work-b/dataset --noise asym40 \\
         --division posterior --work /tmp/pd/asym40-posterior --set runtime.threads=1 \\
@@ -27,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,10 +42,10 @@ from labelsieve.config import Params  # noqa: E402
 from labelsieve.engine import loop  # noqa: E402
 from labelsieve.engine.device import prepare_process  # noqa: E402
 from labelsieve.engine.resident import TrainingData  # noqa: E402
-from labelsieve.maths import division, purification  # noqa: E402
+from labelsieve.maths import confident, division, purification  # noqa: E402
 from labelsieve.stages import co_divide  # noqa: E402
 
-DIVISIONS = ("gmm", "posterior", "posterior_first")
+DIVISIONS = ("gmm", "posterior", "posterior_first", "posterior_counts")
 
 
 def divide_by_posterior(
@@ -52,24 +56,32 @@ def divide_by_posterior(
     tag: str,
     history: list[torch.Tensor] | None = None,
     min_size: int,
+    counts: list[np.ndarray] | None = None,
 ) -> co_divide.Division:
     """`co_divide.divide` with network k's clean probability P(y* = ỹ | x, ỹ) from its own softmax.
 
-    `tag` and `history` are accepted for the same signature and unused: the posterior needs no seed and
-    averages no past losses. The losses are still recorded, min-max normalised, as the stage's are.
+    The labeled set is the samples above `co_divide.threshold`, or with `counts` (per network, (C,) how
+    many samples of each given class to leave out) each class's members less its `counts[k][i]` with the
+    highest P(y* ≠ ỹ | x, ỹ) (`purification.flag_top`). `tag` and `history` are accepted for the same
+    signature and unused: the posterior needs no seed and averages no past losses. The losses are still
+    recorded, min-max normalised, as the stage's are.
     """
     logits = torch.stack([loop.logits_on(model, data.train_images, data, params) for model in networks])
     probs = torch.softmax(logits, dim=2)
     losses = torch.stack([division.per_sample_loss(z, data.train_labels) for z in logits])
     given = data.train_labels.cpu().numpy()
     clean, labeled, fell_back = [], [], []
-    for network_probs in probs:
+    for k, network_probs in enumerate(probs):
         result = purification.find_label_issues(
             given, network_probs.double().cpu().numpy(), probs_from="robust"
         )
         clean_prob = torch.from_numpy(1.0 - result.scores["noise_score"]).to(losses)
-        threshold = params.co_divide.threshold
-        split, guarded = division.partition(clean_prob, threshold=threshold, min_size=min_size)
+        if counts is None:
+            threshold = params.co_divide.threshold
+            split, guarded = division.partition(clean_prob, threshold=threshold, min_size=min_size)
+        else:
+            flagged = purification.flag_top(result.scores["noise_score"], given, counts[k])
+            split, guarded = torch.from_numpy(~flagged).to(losses.device), False
         clean.append(clean_prob)
         labeled.append(split)
         fell_back.append(guarded)
@@ -88,8 +100,12 @@ def divide_by_posterior(
 
 @contextlib.contextmanager
 def division_by(kind: str) -> Iterator[None]:
-    """Within the block, the `co_divide` stage and `ssl_train` divide by `kind` (`posterior_first`: the
-    `co_divide` stage's division, from the warm-up networks, by the posterior; every SSL epoch's by the GMM).
+    """Within the block, the `co_divide` stage and `ssl_train` divide by `kind`.
+
+    `posterior_first`: the `co_divide` stage's division, from the warm-up networks, by the posterior; every
+    SSL epoch's by the GMM. `posterior_counts`: every division by the posterior, each class leaving out the
+    count of wrong labels that confident learning estimated on the warm-up networks (`flag_counts`), fixed
+    from then on, so that no class can empty its labeled set.
 
     Both call `co_divide.divide` through the module, so replacing the module's attribute reaches them.
     """
@@ -99,7 +115,25 @@ def division_by(kind: str) -> Iterator[None]:
         by = divide_by_posterior if tag == "co_divide" else stage_divide  # the co_divide stage's tag
         return by(*args, tag=tag, **kwargs)
 
-    co_divide.divide = {"gmm": stage_divide, "posterior": divide_by_posterior}.get(kind, first_by_posterior)
+    fixed: list[np.ndarray] = []  # posterior_counts: per network, the warm-up division's counts
+
+    def fixed_counts(
+        networks: list[torch.nn.Module], data: TrainingData, params: Params, *, tag: str, **kwargs: Any
+    ) -> co_divide.Division:
+        if tag == "co_divide":  # the warm-up networks: estimate the counts (a second pass, for simplicity)
+            warm = divide_by_posterior(networks, data, params, tag=tag, **kwargs).probs
+            given = data.train_labels.cpu().numpy()
+            fixed[:] = [confident.estimate(given, p.double().cpu().numpy()).flag_counts() for p in warm]
+        if not fixed:
+            raise RuntimeError("posterior_counts: the co_divide stage must divide in this process first")
+        return divide_by_posterior(networks, data, params, tag=tag, counts=fixed, **kwargs)
+
+    co_divide.divide = {
+        "gmm": stage_divide,
+        "posterior": divide_by_posterior,
+        "posterior_first": first_by_posterior,
+        "posterior_counts": fixed_counts,
+    }[kind]
     try:
         yield
     finally:

@@ -731,3 +731,22 @@ def test_posterior_division_uses_each_networks_own_posterior(make_params) -> Non
     assert torch.equal(later.clean_prob, gmm.clean_prob)
     assert not torch.equal(gmm.clean_prob, result.clean_prob)
     assert co_divide.divide is stage_divide
+    counts = [np.array([1, 2, 0]), np.array([3, 0, 1])]
+    counted = study.divide_by_posterior(networks, data, params, tag="t", min_size=1, counts=counts)
+    assert torch.equal(counted.clean_prob, result.clean_prob)
+    for k in range(2):
+        for c in range(3):
+            members = labels == c
+            out, kept = members & ~counted.labeled[k], members & counted.labeled[k]
+            assert int(out.sum()) == counts[k][c]
+            if counts[k][c]:  # the left-out members are the least likely to be clean
+                assert counted.clean_prob[k][out].max() <= counted.clean_prob[k][kept].min()
+    with study.division_by("posterior_counts"):
+        with pytest.raises(RuntimeError, match="co_divide stage must divide"):
+            co_divide.divide(networks, data, params, tag="epoch4", min_size=1)
+        co_divide.divide(networks, data, params, tag="co_divide", min_size=1)
+        later = co_divide.divide(networks, data, params, tag="epoch4", min_size=1)
+    for k, model in enumerate(networks):
+        p = torch.softmax(loop.logits_on(model, images, data, params), dim=1).double().numpy()
+        left_out = np.bincount(given[~later.labeled[k].numpy()], minlength=3)
+        assert left_out.tolist() == confident.estimate(given, p).flag_counts().tolist()
