@@ -107,7 +107,8 @@ def division_by(kind: str) -> Iterator[None]:
     count of wrong labels that confident learning estimated on the warm-up networks (`flag_counts`), fixed
     from then on, so that no class can empty its labeled set.
 
-    Both call `co_divide.divide` through the module, so replacing the module's attribute reaches them.
+    The stage and `ssl_train` both call `co_divide.divide` through the module, so replacing the module's
+    attribute reaches them.
     """
     stage_divide = co_divide.divide
 
