@@ -48,6 +48,11 @@ from labelsieve.stages import co_divide  # noqa: E402
 DIVISIONS = ("gmm", "posterior", "posterior_first", "posterior_counts")
 
 
+def network_logits(networks: list[torch.nn.Module], data: TrainingData, params: Params) -> torch.Tensor:
+    """(K, N, C) each network's logits on the unaugmented training images, as the co-divide's pass."""
+    return torch.stack([loop.logits_on(model, data.train_images, data, params) for model in networks])
+
+
 def divide_by_posterior(
     networks: list[torch.nn.Module],
     data: TrainingData,
@@ -60,16 +65,31 @@ def divide_by_posterior(
 ) -> co_divide.Division:
     """`co_divide.divide` with network k's clean probability P(y* = ỹ | x, ỹ) from its own softmax.
 
+    `tag` and `history` are accepted for the same signature and unused: the posterior needs no seed and
+    averages no past losses. `posterior_division` says how the labeled set is chosen.
+    """
+    logits = network_logits(networks, data, params)
+    return posterior_division(logits, data.train_labels, params, min_size=min_size, counts=counts)
+
+
+def posterior_division(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    params: Params,
+    *,
+    min_size: int,
+    counts: list[np.ndarray] | None = None,
+) -> co_divide.Division:
+    """The division of K networks from their (K, N, C) logits on the training images.
+
     The labeled set is the samples above `co_divide.threshold`, or with `counts` (per network, (C,) how
     many samples of each given class to leave out) each class's members less its `counts[k][i]` with the
-    highest P(y* ≠ ỹ | x, ỹ) (`purification.flag_top`). `tag` and `history` are accepted for the same
-    signature and unused: the posterior needs no seed and averages no past losses. The losses are still
-    recorded, min-max normalised, as the stage's are.
+    highest P(y* ≠ ỹ | x, ỹ) (`purification.flag_top`). The losses are still recorded, min-max
+    normalised, as the stage's are.
     """
-    logits = torch.stack([loop.logits_on(model, data.train_images, data, params) for model in networks])
     probs = torch.softmax(logits, dim=2)
-    losses = torch.stack([division.per_sample_loss(z, data.train_labels) for z in logits])
-    given = data.train_labels.cpu().numpy()
+    losses = torch.stack([division.per_sample_loss(z, labels) for z in logits])
+    given = labels.cpu().numpy()
     clean, labeled, fell_back = [], [], []
     for k, network_probs in enumerate(probs):
         result = purification.find_label_issues(
@@ -92,7 +112,7 @@ def divide_by_posterior(
         normalised_now=normalised,
         clean_prob=torch.stack(clean),
         labeled=torch.stack(labeled),
-        fits=[[] for _ in networks],
+        fits=[[] for _ in logits],
         fell_back=fell_back,
         probs=probs,
     )
@@ -119,15 +139,22 @@ def division_by(kind: str) -> Iterator[None]:
     fixed: list[np.ndarray] = []  # posterior_counts: per network, the warm-up division's counts
 
     def fixed_counts(
-        networks: list[torch.nn.Module], data: TrainingData, params: Params, *, tag: str, **kwargs: Any
+        networks: list[torch.nn.Module],
+        data: TrainingData,
+        params: Params,
+        *,
+        tag: str,
+        min_size: int,
+        **_: Any,
     ) -> co_divide.Division:
-        if tag == "co_divide":  # the warm-up networks: estimate the counts (a second pass, for simplicity)
-            warm = divide_by_posterior(networks, data, params, tag=tag, **kwargs).probs
+        logits = network_logits(networks, data, params)
+        if tag == "co_divide":  # the warm-up networks: estimate the counts from this same pass
             given = data.train_labels.cpu().numpy()
-            fixed[:] = [confident.estimate(given, p.double().cpu().numpy()).flag_counts() for p in warm]
+            warm = torch.softmax(logits, dim=2).double().cpu().numpy()
+            fixed[:] = [confident.estimate(given, p).flag_counts() for p in warm]
         if not fixed:
             raise RuntimeError("posterior_counts: the co_divide stage must divide in this process first")
-        return divide_by_posterior(networks, data, params, tag=tag, counts=fixed, **kwargs)
+        return posterior_division(logits, data.train_labels, params, min_size=min_size, counts=fixed)
 
     co_divide.divide = {
         "gmm": stage_divide,
