@@ -30,11 +30,13 @@ from tests.engine import ddp_worker
 
 OVERRIDES = (*TINY_PIPELINE, "warmup.epochs=2", "ssl_train.epochs=2", "runtime.precision=fp32")
 CHAIN = ("warmup", "co_divide", "ssl_train", "group_regularize", "purify", "retrain")
-# Largest gap measured (seeds 0, 1, 2: world 2 against one process) on two machines -> allowed; README has
-# the figures. fp32 is forced so that every x86 CPU runs the same arithmetic (bf16 only where it is native).
-LOSS_GAP = {"warmup": 0.05, "ssl": 0.4, "model": 0.25}  # 0.038, 0.33, 0.20: per-epoch mean training loss
+# Largest gap measured (seeds 0, 1, 2: world 2 against one process) on three machines -> allowed; README has
+# the figures. fp32 is forced so that no CPU runs bf16 where it is native; the kernels (AVX2, AVX-512) still
+# differ. Retrain's synthetic epoch mixes in-batch neighbours, found within a rank's half of the batch: its
+# loss is higher with two ranks on every seed (README), so its allowance is not a seed spread.
+LOSS_GAP = {"warmup": 0.05, "ssl": 0.4, "model": 0.35}  # 0.038, 0.33, 0.254: per-epoch mean training loss
 FRACTION_GAP = {"divide": 0.3, "ssl": 0.03}  # 0.24, 0.020: labeled fraction per network
-ACCURACY_GAP = {"ssl": 0.04, "group": 0.04, "model": 0.09}  # 0.020, 0.025, 0.067: final test accuracy
+ACCURACY_GAP = {"ssl": 0.04, "group": 0.04, "model": 0.09}  # 0.020, 0.025, 0.070: final test accuracy
 
 
 def test_one_process_leaves_every_batch_tensor_and_loss_as_they_are():
