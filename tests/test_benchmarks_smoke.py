@@ -22,6 +22,7 @@ from labelsieve.data.store import Dataset
 from labelsieve.engine import loop
 from labelsieve.engine.resident import TrainingData
 from labelsieve.maths import confident
+from labelsieve.maths.dynamics import TrainingDynamics
 from labelsieve.models import build_model
 from labelsieve.stages import STAGES, co_divide
 
@@ -750,3 +751,31 @@ def test_posterior_division_uses_each_networks_own_posterior(make_params) -> Non
         p = torch.softmax(loop.logits_on(model, images, data, params), dim=1).double().numpy()
         left_out = np.bincount(given[~later.labeled[k].numpy()], minlength=3)
         assert left_out.tolist() == confident.estimate(given, p).flag_counts().tolist()
+
+
+def test_dynamics_window_records_each_division_and_averages_by_hand() -> None:
+    study = _benchmark_module("dynamics_window")
+    generator = torch.Generator().manual_seed(0)
+    probs = [torch.softmax(torch.randn(2, 4, 3, generator=generator), dim=2) for _ in range(3)]
+    labels = torch.tensor([0, 1, 2, 0])
+    recorded: list[np.ndarray] = []
+    plain = TrainingDynamics.create(4, 3, torch.device("cpu"))
+    patched = TrainingDynamics.create(4, 3, torch.device("cpu"))
+    stage_add = TrainingDynamics.add
+    with study.recording(recorded):
+        for p in probs:
+            patched.add(p, labels)
+    assert TrainingDynamics.add is stage_add
+    for p in probs:
+        plain.add(p, labels)
+    assert all(torch.equal(plain.means()[k], patched.means()[k]) for k in plain.means())  # training unchanged
+    divisions = np.stack(recorded)
+    expected = np.stack([p.double().numpy().mean(axis=0) for p in probs])  # each division's network mean
+    np.testing.assert_allclose(divisions, expected, rtol=1e-12)
+    np.testing.assert_allclose(divisions.mean(axis=0), plain.means()["probs"].numpy(), rtol=1e-12)
+    final = np.full((4, 3), 1.0 / 3.0)
+    variants = study.averages(divisions, final)
+    d0, d1, d2 = expected
+    np.testing.assert_allclose(variants["final"], final)
+    np.testing.assert_allclose(variants["last_half"], ((d1 + d2) / 2 + final) / 2, rtol=1e-12)  # from 3 // 2
+    np.testing.assert_allclose(variants["ramp"], ((d0 + 2 * d1 + 3 * d2) / 6 + final) / 2, rtol=1e-12)

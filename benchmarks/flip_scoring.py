@@ -1,0 +1,103 @@
+"""Does scoring each training image and its mirror image (test-time flip) help `purify`?
+
+The networks train with random horizontal flips (`model.flip: true`), so an image and its mirror image are
+equally theirs; averaging the two predictions is the cheapest ensemble there is (one more forward pass).
+For each kept `quality.py --work` run with training dynamics it redoes `purify`'s final prediction pass of
+the co-trained networks twice, on the unaugmented images and on their mirror images, and runs the stage's
+rule (`purification.find_label_issues`, τ = `WRONG_THRESHOLD`, the noise matrix estimated again) on:
+- ``stage``: the dynamics averaged with the final prediction (what `purify` does);
+- ``flip``: the dynamics averaged with the mean of the final prediction and the mirrored one.
+Against the training-set truth it reports F1, AUROC, relabel accuracy and the noise left after purify, and
+the two ensembles' accuracy on the run's test split. The dynamics themselves are not mirrored: that would
+need the per-epoch networks, which a run does not keep.
+
+    uv run python benchmarks/flip_scoring.py /var/tmp/s50/w-sym50 --out /tmp/flip.json
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks import purify_ceiling  # noqa: E402
+from labelsieve.config import Params, load_params  # noqa: E402
+from labelsieve.engine import loop  # noqa: E402
+from labelsieve.engine.resident import TrainingData  # noqa: E402
+from labelsieve.maths import metrics, purification  # noqa: E402
+from labelsieve.stages import ssl_train  # noqa: E402
+
+
+def mean_softmax(
+    networks: list[torch.nn.Module], images: torch.Tensor, data: TrainingData, params: Params
+) -> np.ndarray:
+    """(N, C) float64 mean softmax of `networks` on uint8 `images` (N, C, H, W)."""
+    probs = [F.softmax(loop.logits_on(m, images, data, params), dim=1) for m in networks]
+    return torch.stack(probs).mean(dim=0).double().numpy()
+
+
+def figures(given: np.ndarray, truth: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """The rule's detection figures on `probs` (robust probabilities, as the stage passes them)."""
+    result = purification.find_label_issues(given, probs, probs_from="robust")
+    noisy = given != truth
+    relabel = result.decision == purification.RELABEL
+    kept = result.decision != purification.DROP
+    return {
+        **metrics.detection(result.decision != purification.KEEP, noisy),
+        "auroc": metrics.auroc(result.scores["noise_score"], noisy),
+        "relabel_accuracy": float(np.mean(result.new_labels[relabel] == truth[relabel])),
+        "noise_left": float(np.mean(result.new_labels[kept] != truth[kept])),
+    }
+
+
+def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
+    """Both variants of the module docstring on one finished run."""
+    params = load_params(params_file, overrides=["runtime.threads=1"])
+    device = torch.device("cpu")
+    data = TrainingData.load(dataset, run / "labels", device, "resident")
+    if data.train_true_labels is None:
+        raise SystemExit(f"{run}: the truth is unknown (not a benchmark run)")
+    networks = loop.load_networks(run / "ssl", params, data, device)
+    dynamics = ssl_train.read_dynamics(run / "ssl")
+    given, truth = data.train_labels.numpy(), data.train_true_labels.numpy()
+    final = mean_softmax(networks, data.train_images, data, params)
+    mirrored = mean_softmax(networks, data.train_images.flip(-1), data, params)
+    test = mean_softmax(networks, data.test_images, data, params)
+    test_mirrored = mean_softmax(networks, data.test_images.flip(-1), data, params)
+    test_truth = data.test_labels.numpy()
+    return {
+        "stage": figures(given, truth, (dynamics["probs"] + final) / 2.0)
+        | {"test_acc": float(np.mean(test.argmax(1) == test_truth))},
+        "flip": figures(given, truth, (dynamics["probs"] + (final + mirrored) / 2.0) / 2.0)
+        | {"test_acc": float(np.mean((test + test_mirrored).argmax(1) == test_truth))},
+    }
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    """A Markdown table: per run and variant, the detection figures and the test accuracy."""
+    lines = [
+        "| run | variant | F1 | AUROC | relabel accuracy | noise left | ensemble test acc |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for run, variants in results.items():
+        for name, fig in variants.items():
+            lines.append(
+                f"| {run} | {name} | {fig['f1']:.3f} | {fig['auroc']:.3f} | {fig['relabel_accuracy']:.3f} "
+                f"| {fig['noise_left']:.3f} | {100 * fig['test_acc']:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    purify_ceiling.run_on_kept(__doc__, measure, table)
+
+
+if __name__ == "__main__":
+    main()
