@@ -27,7 +27,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks import purify_ceiling  # noqa: E402
+from benchmarks import noisy_label_probs, purify_ceiling  # noqa: E402
 from labelsieve.config import Params, load_params  # noqa: E402
 from labelsieve.engine import loop  # noqa: E402
 from labelsieve.engine.resident import TrainingData  # noqa: E402
@@ -43,18 +43,14 @@ def mean_softmax(
     return torch.stack(probs).mean(dim=0).double().numpy()
 
 
-def figures(given: np.ndarray, truth: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    """The rule's detection figures on `probs` (robust probabilities, as the stage passes them)."""
+def figures(given: np.ndarray, truth: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
+    """The rule's detection figures on `probs` (robust probabilities, as the stage passes them): precision
+    and recall, and `noisy_label_probs.figures` (F1, AUROC, relabel accuracy, noise left, ...)."""
     result = purification.find_label_issues(given, probs, probs_from="robust")
-    noisy = given != truth
-    relabel = result.decision == purification.RELABEL
-    kept = result.decision != purification.DROP
-    return {
-        **metrics.detection(result.decision != purification.KEEP, noisy),
-        "auroc": metrics.auroc(result.scores["noise_score"], noisy),
-        "relabel_accuracy": float(np.mean(result.new_labels[relabel] == truth[relabel])),
-        "noise_left": float(np.mean(result.new_labels[kept] != truth[kept])),
-    }
+    flagged = result.decision != purification.KEEP
+    return metrics.detection(flagged, given != truth) | noisy_label_probs.figures(
+        result.decision, result.new_labels, result.scores["noise_score"], given, truth
+    )
 
 
 def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
