@@ -44,12 +44,19 @@ def mean_softmax(
 
 
 def figures(given: np.ndarray, truth: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
-    """The rule's detection figures on `probs` (robust probabilities, as the stage passes them): precision
-    and recall, and `noisy_label_probs.figures` (F1, AUROC, relabel accuracy, noise left, ...)."""
+    """The rule's detection figures on `probs` (robust probabilities, as the stage passes them)."""
     result = purification.find_label_issues(given, probs, probs_from="robust")
-    flagged = result.decision != purification.KEEP
+    return decision_figures(given, truth, result.decision, result.new_labels, result.scores["noise_score"])
+
+
+def decision_figures(
+    given: np.ndarray, truth: np.ndarray, decision: np.ndarray, new_labels: np.ndarray, score: np.ndarray
+) -> dict[str, float | None]:
+    """Precision and recall of the flags, and `noisy_label_probs.figures` (F1, AUROC of `score`, relabel
+    accuracy, noise left, ...)."""
+    flagged = decision != purification.KEEP
     return metrics.detection(flagged, given != truth) | noisy_label_probs.figures(
-        result.decision, result.new_labels, result.scores["noise_score"], given, truth
+        decision, new_labels, score, given, truth
     )
 
 
