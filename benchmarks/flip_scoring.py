@@ -22,25 +22,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import noisy_label_probs, purify_ceiling  # noqa: E402
-from labelsieve.config import Params, load_params  # noqa: E402
+from labelsieve.config import load_params  # noqa: E402
 from labelsieve.engine import loop  # noqa: E402
 from labelsieve.engine.resident import TrainingData  # noqa: E402
 from labelsieve.maths import metrics, purification  # noqa: E402
-from labelsieve.stages import ssl_train  # noqa: E402
-
-
-def mean_softmax(
-    networks: list[torch.nn.Module], images: torch.Tensor, data: TrainingData, params: Params
-) -> np.ndarray:
-    """(N, C) float64 mean softmax of `networks` on uint8 `images` (N, C, H, W)."""
-    probs = [F.softmax(loop.logits_on(m, images, data, params), dim=1) for m in networks]
-    return torch.stack(probs).mean(dim=0).double().numpy()
+from labelsieve.stages import purify, ssl_train  # noqa: E402
 
 
 def figures(given: np.ndarray, truth: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
@@ -70,10 +61,11 @@ def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
     networks = loop.load_networks(run / "ssl", params, data, device)
     dynamics = ssl_train.read_dynamics(run / "ssl")
     given, truth = data.train_labels.numpy(), data.train_true_labels.numpy()
-    final = mean_softmax(networks, data.train_images, data, params)
-    mirrored = mean_softmax(networks, data.train_images.flip(-1), data, params)
-    test = mean_softmax(networks, data.test_images, data, params)
-    test_mirrored = mean_softmax(networks, data.test_images.flip(-1), data, params)
+    train, test = data.train_images, data.test_images
+    final, mirrored, test, test_mirrored = (
+        purify.final_probs(networks, data, params, images).double().numpy()
+        for images in (train, train.flip(-1), test, test.flip(-1))
+    )
     test_truth = data.test_labels.numpy()
     return {
         "stage": figures(given, truth, (dynamics["probs"] + final) / 2.0)

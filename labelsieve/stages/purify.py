@@ -74,11 +74,16 @@ SCORE_FILE_FIELDS = (
 )
 
 
-def final_probs(networks: list[torch.nn.Module], data: TrainingData, params: Params) -> torch.Tensor:
-    """(N, C) the mean softmax of `networks` on the unaugmented training images."""
-    return torch.stack(
-        [F.softmax(loop.logits_on(m, data.train_images, data, params), dim=1) for m in networks]
-    ).mean(dim=0)
+def final_probs(
+    networks: list[torch.nn.Module],
+    data: TrainingData,
+    params: Params,
+    images: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(N, C) the mean softmax of `networks` on unaugmented uint8 `images` (default: the training images)."""
+    images = data.train_images if images is None else images
+    probs = [F.softmax(loop.logits_on(m, images, data, params), dim=1) for m in networks]
+    return torch.stack(probs).mean(dim=0)
 
 
 def js_given(probs: torch.Tensor, soft_labels: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
