@@ -101,11 +101,12 @@ def main() -> None:
     parser.add_argument("--noise", required=True, choices=sorted(quality.NOISE))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", required=True, help="the run's folder (its stages' outputs)")
+    parser.add_argument("--params", default=str(REPO / "params.yaml"), help="base params file")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="params override")
     parser.add_argument("--out", required=True, help="write the figures here (JSON)")
     args = parser.parse_args()
     overrides = [*args.set, f"runtime.seed={args.seed}"]
-    params = quality.method_params(REPO / "params.yaml", "labelsieve", args.noise, overrides)
+    params = quality.method_params(Path(args.params), "labelsieve", args.noise, overrides)
     prepare_process(params.runtime.threads)
     divisions: list[np.ndarray] = []
     with recording(divisions):
