@@ -117,16 +117,16 @@ def main() -> None:
     networks = loop.load_networks(work / "ssl", params, data, device)
     final = purify.final_probs(networks, data, params).double().numpy()
     dynamics = ssl_train.read_dynamics(work / "ssl")["probs"].astype(np.float64)
-    stacked = np.stack(divisions)
+    stacked, averaged = np.stack(divisions), (dynamics + final) / 2.0
     result = {
         "noise": args.noise,
         "seed": args.seed,
         "divisions": len(divisions),
         "recorded_vs_saved_dynamics": float(np.abs(stacked.mean(axis=0) - dynamics).max()),
         "run_detection": run["detection"],
-        "stage": figures(given, truth, (dynamics + final) / 2.0),
+        "stage": figures(given, truth, averaged),
         **{name: figures(given, truth, probs) for name, probs in averages(stacked, final).items()},
-        "flag_final": decision_figures(given, truth, *flag_by_final(given, final, (dynamics + final) / 2.0)),
+        "flag_final": decision_figures(given, truth, *flag_by_final(given, final, averaged)),
     }
     write_json(args.out, result)
     print(json.dumps(result), flush=True)

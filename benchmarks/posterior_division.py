@@ -39,18 +39,12 @@ sys.path.insert(0, str(REPO))
 from benchmarks import quality  # noqa: E402
 from labelsieve.atomic import write_json  # noqa: E402
 from labelsieve.config import Params  # noqa: E402
-from labelsieve.engine import loop  # noqa: E402
 from labelsieve.engine.device import prepare_process  # noqa: E402
 from labelsieve.engine.resident import TrainingData  # noqa: E402
 from labelsieve.maths import confident, division, purification  # noqa: E402
 from labelsieve.stages import co_divide  # noqa: E402
 
 DIVISIONS = ("gmm", "posterior", "posterior_first", "posterior_counts")
-
-
-def network_logits(networks: list[torch.nn.Module], data: TrainingData, params: Params) -> torch.Tensor:
-    """(K, N, C) each network's logits on the unaugmented training images, as the co-divide's pass."""
-    return torch.stack([loop.logits_on(model, data.train_images, data, params) for model in networks])
 
 
 def divide_by_posterior(
@@ -68,7 +62,7 @@ def divide_by_posterior(
     `tag` and `history` are accepted for the same signature and unused: the posterior needs no seed and
     averages no past losses. `posterior_division` says how the labeled set is chosen.
     """
-    logits = network_logits(networks, data, params)
+    logits = co_divide.network_logits(networks, data, params)
     return posterior_division(logits, data.train_labels, params, min_size=min_size, counts=counts)
 
 
@@ -147,7 +141,7 @@ def division_by(kind: str) -> Iterator[None]:
         min_size: int,
         **_: Any,
     ) -> co_divide.Division:
-        logits = network_logits(networks, data, params)
+        logits = co_divide.network_logits(networks, data, params)
         if tag == "co_divide":  # the warm-up networks: estimate the counts from this same pass
             given = data.train_labels.cpu().numpy()
             warm = torch.softmax(logits, dim=2).double().cpu().numpy()

@@ -53,6 +53,11 @@ class Division:
     probs: torch.Tensor | None = None  # (K, N, C) softmax of the evaluation pass, when `divide` ran it
 
 
+def network_logits(networks: list[torch.nn.Module], data: TrainingData, params: Params) -> torch.Tensor:
+    """(K, N, C) each network's eval-mode logits on the unaugmented training images (the co-divide's pass)."""
+    return torch.stack([loop.logits_on(model, data.train_images, data, params) for model in networks])
+
+
 def divide(
     networks: list[torch.nn.Module],
     data: TrainingData,
@@ -70,7 +75,7 @@ def divide(
         history: per network, (H, N) normalised losses of earlier epochs, or None.
         min_size: the smallest acceptable labeled or unlabeled set (one batch).
     """
-    logits = torch.stack([loop.logits_on(model, data.train_images, data, params) for model in networks])
+    logits = network_logits(networks, data, params)
     losses = torch.stack([division.per_sample_loss(z, data.train_labels) for z in logits])
     result = divide_losses(losses, data.train_labels, params, tag=tag, history=history, min_size=min_size)
     distributed.check_same(result.labeled, f"co-divide partition ({tag})")
