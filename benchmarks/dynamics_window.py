@@ -8,13 +8,15 @@ AUROC"). This study runs the `labelsieve` method (`quality.run_one`, every stage
 recording each division's prediction separately (the mean softmax of both networks), which the stage only
 sums, and then applies the stage's rule (`purification.find_label_issues`, τ = `WRONG_THRESHOLD`, the noise
 matrix estimated again) to each average:
-- ``stage``: every division averaged, then averaged with the final prediction (what `purify` does; its
-  figures must equal the run's own);
+- ``stage``: what `purify` does since rule 3 (its figures must equal the run's own): flag by the final
+  prediction's posterior, relabel or drop each flagged sample by the posterior of every division averaged,
+  then averaged with the final prediction;
+- ``averaged``: the rule before (rule 2): flags from that average too;
 - ``final``: the final prediction alone;
 - ``last_half``: the divisions of the second half of SSL, averaged with the final prediction;
-- ``ramp``: division d of D weighted by d, averaged with the final prediction;
-- ``flag_final``: not an average but a split rule: flag by the final prediction's posterior, and relabel or
-  drop each flagged sample by the stage average's posterior (`flag_by_final`).
+- ``ramp``: division d of D weighted by d, averaged with the final prediction.
+The results of stop 50 (benchmarks/results/tuning_slice/dynamics_window.json) predate rule 3: there
+``stage`` is today's ``averaged`` and ``flag_final`` today's ``stage``.
 Recording does not change training: the run is the method's own, to the last digit. It is a study, not a
 stage option.
 
@@ -40,12 +42,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import quality  # noqa: E402
-from benchmarks.flip_scoring import decision_figures, figures  # noqa: E402
+from benchmarks.flip_scoring import figures  # noqa: E402
 from labelsieve.atomic import write_json  # noqa: E402
 from labelsieve.engine import loop  # noqa: E402
 from labelsieve.engine.device import prepare_process  # noqa: E402
 from labelsieve.engine.resident import TrainingData  # noqa: E402
-from labelsieve.maths import purification  # noqa: E402
 from labelsieve.maths.dynamics import TrainingDynamics  # noqa: E402
 from labelsieve.stages import purify, ssl_train  # noqa: E402
 
@@ -76,21 +77,6 @@ def averages(divisions: np.ndarray, final: np.ndarray) -> dict[str, np.ndarray]:
         "last_half": (divisions[count // 2 :].mean(axis=0) + final) / 2.0,
         "ramp": (np.tensordot(ramp / ramp.sum(), divisions, axes=1) + final) / 2.0,
     }
-
-
-def flag_by_final(
-    given: np.ndarray, final: np.ndarray, averaged: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(decision, new labels, score): flagged where the final prediction's P(y* ≠ ỹ | x, ỹ) ≥ τ (its own
-    noise matrix, as the rule estimates it); a flagged sample is relabelled or dropped by the averaged
-    prediction's posterior (`purification.decide`'s gate)."""
-    flags = purification.find_label_issues(given, final, probs_from="robust")
-    gate = purification.find_label_issues(given, averaged, probs_from="robust")
-    score = flags.scores["noise_score"]
-    decision, new_labels = purification.decide(
-        given, score, gate.scores["predicted"], gate.scores["confidence"], purification.WRONG_THRESHOLD
-    )
-    return decision, new_labels, score
 
 
 def main() -> None:
@@ -124,9 +110,9 @@ def main() -> None:
         "divisions": len(divisions),
         "recorded_vs_saved_dynamics": float(np.abs(stacked.mean(axis=0) - dynamics).max()),
         "run_detection": run["detection"],
-        "stage": figures(given, truth, averaged),
+        "stage": figures(given, truth, averaged, final),
+        "averaged": figures(given, truth, averaged),
         **{name: figures(given, truth, probs) for name, probs in averages(stacked, final).items()},
-        "flag_final": decision_figures(given, truth, *flag_by_final(given, final, averaged)),
     }
     write_json(args.out, result)
     print(json.dumps(result), flush=True)

@@ -34,9 +34,12 @@ from labelsieve.maths import metrics, purification  # noqa: E402
 from labelsieve.stages import purify, ssl_train  # noqa: E402
 
 
-def figures(given: np.ndarray, truth: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
-    """The rule's detection figures on `probs` (robust probabilities, as the stage passes them)."""
-    result = purification.find_label_issues(given, probs, probs_from="robust")
+def figures(
+    given: np.ndarray, truth: np.ndarray, probs: np.ndarray, flag_probs: np.ndarray | None = None
+) -> dict[str, float | None]:
+    """The rule's detection figures on `probs` (robust probabilities, as the stage passes them), flagged
+    by `flag_probs`' posterior where given (`purification.find_label_issues`)."""
+    result = purification.find_label_issues(given, probs, probs_from="robust", flag_probs=flag_probs)
     return decision_figures(given, truth, result.decision, result.new_labels, result.scores["noise_score"])
 
 

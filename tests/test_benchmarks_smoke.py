@@ -779,26 +779,3 @@ def test_dynamics_window_records_each_division_and_averages_by_hand() -> None:
     np.testing.assert_allclose(variants["final"], final)
     np.testing.assert_allclose(variants["last_half"], ((d1 + d2) / 2 + final) / 2, rtol=1e-12)  # from 3 // 2
     np.testing.assert_allclose(variants["ramp"], ((d0 + 2 * d1 + 3 * d2) / 6 + final) / 2, rtol=1e-12)
-
-
-def test_dynamics_window_flags_by_the_final_posterior_and_gates_by_the_averaged_one() -> None:
-    study = _benchmark_module("dynamics_window")
-    rng = np.random.default_rng(0)
-    given = np.repeat(np.arange(3), 20)
-    final = rng.dirichlet(np.ones(3), size=60)
-    averaged = rng.dirichlet(np.ones(3), size=60)
-    decision, new_labels, score = study.flag_by_final(given, final, averaged)
-
-    def posterior(probs: np.ndarray) -> np.ndarray:  # P(y* = j | x, ỹ) ∝ p_j T̂[ỹ, j], float64 by hand
-        joint = probs * confident.estimate(given, probs).noise_matrix[given]
-        return joint / joint.sum(axis=1, keepdims=True)
-
-    own = posterior(final)[np.arange(60), given]
-    np.testing.assert_allclose(score, 1.0 - own, atol=1e-12)
-    gate = posterior(averaged)
-    best = gate.argmax(axis=1)
-    flagged = 1.0 - own >= 0.4
-    relabel = flagged & (best != given) & (gate.max(axis=1) > 0.6)
-    assert flagged.any() and relabel.any() and (flagged & ~relabel).any()
-    assert decision.tolist() == np.where(flagged, np.where(relabel, 1, 2), 0).tolist()
-    assert new_labels.tolist() == np.where(flagged, np.where(relabel, best, -1), given).tolist()

@@ -22,6 +22,10 @@ This is both the `purify` stage's rule and the in-memory API for people who alre
    class; in a class that nothing flips into (T̂[ỹ, j] ≈ 0 for j ≠ ỹ) it is ≈ 0, so the class stays clean.
 4. Flag every sample whose score is at least τ (`threshold`, default `WRONG_THRESHOLD`). τ < 1/2 says
    that keeping a wrong label costs more than losing a right one: (1 − τ)/τ = 1.5 times at τ = 0.4.
+   Given `flag_probs`, the score is steps 1 to 3 run on them instead (their own T̂), while `pred_probs`'
+   posterior still picks and gates the relabel (step 5). The stage flags by the final networks alone and
+   relabels by their average with the training dynamics: the late networks flag more precisely, the early
+   divisions keep a swapped sample from being relabelled to its swap partner.
 5. A flagged sample is relabelled to the posterior's top class ŷ when P(y* = ŷ | x, ỹ) > 1 − τ, else
    dropped. The same τ then bounds every label the dataset keeps or gives: each is wrong with posterior
    probability below τ. A flagged sample's own label has P(y* = ỹ | x, ỹ) ≤ 1 − τ, so ŷ ≠ ỹ whenever
@@ -48,7 +52,8 @@ DECISION_NAMES = ("keep", "relabel", "drop")
 PROBS_FROM = ("noisy_labels", "robust")
 # Raised whenever a change to the rule changes its decisions: benchmarks/quality.py keys its runs by it.
 # 2: relabel by the posterior's top class when it is right with probability above 1 − τ.
-RULE_VERSION = 2
+# 3: the stage flags by the final networks' posterior (`flag_probs`), relabels by the averaged one.
+RULE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -181,37 +186,56 @@ def find_label_issues(
     *,
     threshold: float = WRONG_THRESHOLD,
     probs_from: str = "noisy_labels",
+    flag_probs: np.ndarray | None = None,
 ) -> Purification:
     """Score, flag and decide every sample (the module docstring's rule).
 
     Args:
         labels: (N,) given labels ỹ in [0, C).
         pred_probs: (N, C) probabilities that did not memorise ỹ: averaged over training, or out of
-            sample (k-fold). Drive the noise estimate, the ranking and the relabel target.
+            sample (k-fold). Drive the noise estimate and the relabel target, and the ranking unless
+            `flag_probs` is given.
         threshold: τ in (0, 1): flag a sample whose label is wrong with at least this probability, and
             relabel it only to a class that is right with probability above 1 − τ.
         probs_from: ``noisy_labels`` when a model fitted to the given labels with a plain loss made
             `pred_probs` (k-fold cross-validation); ``robust`` when noise-robust training made them (the
             `purify` stage's co-trained networks). Step 2 of the module docstring.
+        flag_probs: optional (N, C) probabilities, of the same kind, whose posterior (with their own
+            noise estimate) scores and flags instead (step 4; the stage: the final networks alone).
 
     Returns:
-        `Purification`; its scores: ``noise_score`` (P(y* ≠ ỹ | x, ỹ)), ``self_confidence``
-        (p_ỹ of `pred_probs`), ``predicted`` (ŷ, the posterior's top class) and ``confidence``
-        (P(y* = ŷ | x, ỹ)).
+        `Purification`; its scores: ``noise_score`` (P(y* ≠ ỹ | x, ỹ), from `flag_probs` when given),
+        ``self_confidence`` (p_ỹ of `pred_probs`), ``predicted`` (ŷ, the posterior's top class) and
+        ``confidence`` (P(y* = ŷ | x, ỹ)). `noise` is `pred_probs`' estimate.
     """
     if probs_from not in PROBS_FROM:
         raise ValueError(f"probs_from must be one of {', '.join(PROBS_FROM)}; got {probs_from!r}")
-    noise = confident.estimate(labels, pred_probs)  # refuses bad labels and probabilities first
+    noise, unmixed, post = _estimate_and_posterior(labels, pred_probs, probs_from)
     labels, pred_probs = np.asarray(labels).astype(np.int64), np.asarray(pred_probs)
-    unmixed = probs_from == "noisy_labels" and identifiable(noise.noise_matrix)
-    belief = unmix(pred_probs, noise.noise_matrix) if unmixed else pred_probs
-    post = posterior(labels, belief, noise.noise_matrix)
-    decision, new_labels = decide(labels, post.wrong, post.best, post.best_prob, threshold)
-    own = np.take_along_axis(np.asarray(pred_probs), labels[:, None], axis=1)[:, 0]
+    if flag_probs is not None and np.shape(flag_probs) != pred_probs.shape:
+        raise ValueError(
+            f"flag_probs must have pred_probs' shape {pred_probs.shape}, got {np.shape(flag_probs)}"
+        )
+    wrong = (
+        post.wrong if flag_probs is None else _estimate_and_posterior(labels, flag_probs, probs_from)[2].wrong
+    )
+    decision, new_labels = decide(labels, wrong, post.best, post.best_prob, threshold)
+    own = np.take_along_axis(pred_probs, labels[:, None], axis=1)[:, 0]
     scores = {
-        "noise_score": post.wrong,
+        "noise_score": wrong,
         "self_confidence": own.astype(np.float64),
         "predicted": post.best,
         "confidence": post.best_prob,
     }
     return Purification(decision, new_labels, scores, noise, unmixed)
+
+
+def _estimate_and_posterior(
+    labels: np.ndarray, probs: np.ndarray, probs_from: str
+) -> tuple[confident.NoiseEstimate, bool, Posterior]:
+    """Steps 1 to 3: the noise estimate, whether the belief was unmixed, and the posterior."""
+    noise = confident.estimate(labels, probs)  # refuses bad labels and probabilities first
+    labels = np.asarray(labels).astype(np.int64)
+    unmixed = probs_from == "noisy_labels" and identifiable(noise.noise_matrix)
+    belief = unmix(probs, noise.noise_matrix) if unmixed else probs
+    return noise, unmixed, posterior(labels, belief, noise.noise_matrix)

@@ -5,8 +5,11 @@ of two predictions of the co-trained networks: their final one, and their traini
 `ssl_train` (``dynamics.npz``: every co-divide's prediction averaged over the epochs and both networks).
 Confident learning on them estimates the noise matrix; with it, Bayes' rule gives each sample's
 posterior over its true class. A sample is flagged when its given label is wrong with probability at
-least τ = `purify.flag_threshold`; a flagged sample is relabelled to its most probable true class when
-that class is right with probability above 1 − τ, else dropped.
+least τ = `purify.flag_threshold` under the same posterior computed from the final prediction alone (its
+own noise estimate); a flagged sample is relabelled to the averaged posterior's most probable true class
+when that class is right with probability above 1 − τ, else dropped. The final networks flag more
+precisely; the early divisions in the average keep swapped samples from being relabelled to the swap
+partner (docs/purification.md, "Flags from the final networks, relabels from the average").
 The final networks are `ssl_train`'s (`purify.relabel_from: ssl`, measured better) or GRIP's. Without SSL
 epochs (the `grip` preset) every network was fitted to the given labels, so the rule unmixes their
 probabilities first (`probs_from="noisy_labels"`; docs/purification.md). GRIP's JS
@@ -119,7 +122,10 @@ def purify(
         source = "held_out_probs" if params.purify.pred_probs == "held_out" else "probs"
         averaged = dynamics[source].astype(np.float64) + final_np  # one (N, C) temporary, halved in place
         averaged /= 2.0
-        result = purification.find_label_issues(given, averaged, threshold=threshold, probs_from=probs_from)
+        # Flags by the final networks' posterior, relabels by the average's (docs/purification.md).
+        result = purification.find_label_issues(
+            given, averaged, threshold=threshold, probs_from=probs_from, flag_probs=final_np
+        )
         result.scores["dynamics_margin"] = dynamics["margin"].astype(np.float64, copy=False)
     result.scores["js_given"] = js_given(final, soft_labels, labels)
     return result

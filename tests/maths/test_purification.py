@@ -6,7 +6,7 @@ import torch
 
 import labelsieve
 from labelsieve.config import PurifyConfig, load_params
-from labelsieve.maths import chunks
+from labelsieve.maths import chunks, confident
 from labelsieve.maths.purification import (
     DROP,
     KEEP,
@@ -57,6 +57,49 @@ def test_hand_case_posteriors_flags_and_relabels():
     assert not unmixable.unmixed and unmixable.decision.tolist() == result.decision.tolist()
     assert PurifyConfig().flag_threshold == WRONG_THRESHOLD  # the stage's default is the API's
     assert labelsieve.find_label_issues is find_label_issues  # the package's API is the stage's rule
+
+
+def test_flag_probs_flag_by_their_own_posterior_and_pred_probs_pick_and_gate_the_relabel():
+    rng = np.random.default_rng(0)
+    given = np.repeat(np.arange(3), 20)
+    final, averaged = rng.dirichlet(np.ones(3), size=60), rng.dirichlet(np.ones(3), size=60)
+    result = find_label_issues(given, averaged, probs_from="robust", flag_probs=final)
+
+    def bayes(probs: np.ndarray) -> np.ndarray:  # P(y* = j | x, ỹ) ∝ p_j T̂[ỹ, j], float64, each its own T̂
+        joint = probs * confident.estimate(given, probs).noise_matrix[given]
+        return joint / joint.sum(axis=1, keepdims=True)
+
+    wrong = 1.0 - bayes(final)[np.arange(60), given]
+    gate = bayes(averaged)
+    best = gate.argmax(axis=1)
+    flagged = wrong >= WRONG_THRESHOLD
+    relabel = flagged & (best != given) & (gate.max(axis=1) > 1.0 - WRONG_THRESHOLD)
+    assert flagged.any() and relabel.any() and (flagged & ~relabel).any()
+    np.testing.assert_allclose(result.scores["noise_score"], wrong, atol=1e-12)
+    assert result.decision.tolist() == np.where(flagged, np.where(relabel, RELABEL, DROP), KEEP).tolist()
+    assert result.new_labels.tolist() == np.where(flagged, np.where(relabel, best, -1), given).tolist()
+    np.testing.assert_allclose(result.noise.noise_matrix, confident.estimate(given, averaged).noise_matrix)
+    # The flags differ from the averaged posterior's own, so the test tells the two rules apart.
+    assert (
+        find_label_issues(given, averaged, probs_from="robust").decision.tolist() != result.decision.tolist()
+    )
+    with pytest.raises(ValueError, match="flag_probs must have pred_probs' shape"):
+        find_label_issues(given, averaged, flag_probs=final[:, :2])
+
+
+def test_the_stage_flags_by_the_final_networks_and_relabels_by_their_average_with_the_dynamics():
+    rng = np.random.default_rng(1)
+    given = np.repeat(np.arange(3), 20)
+    final, dynamic = rng.dirichlet(np.ones(3), size=60), rng.dirichlet(np.ones(3), size=60)
+    dynamics = {"probs": dynamic.astype(np.float32), "margin": np.zeros(60)}
+    stage = purify_stage.purify(
+        torch.from_numpy(given), torch.from_numpy(final), torch.eye(3)[None], dynamics, load_params(None)
+    )
+    averaged = (dynamics["probs"].astype(np.float64) + final) / 2.0
+    expected = find_label_issues(given, averaged, probs_from="robust", flag_probs=final)
+    assert stage.decision.tolist() == expected.decision.tolist()
+    np.testing.assert_array_equal(stage.scores["noise_score"], expected.scores["noise_score"])
+    np.testing.assert_array_equal(stage.noise.noise_matrix, expected.noise.noise_matrix)
 
 
 def test_posterior_relabels_only_where_the_noise_matrix_lets_a_label_come_from():
