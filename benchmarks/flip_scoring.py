@@ -5,8 +5,10 @@ equally theirs; averaging the two predictions is the cheapest ensemble there is 
 For each kept `quality.py --work` run with training dynamics it redoes `purify`'s final prediction pass of
 the co-trained networks twice, on the unaugmented images and on their mirror images, and runs the stage's
 rule (`purification.find_label_issues`, τ = `WRONG_THRESHOLD`, the noise matrix estimated again) on:
-- ``stage``: the dynamics averaged with the final prediction (what `purify` does);
-- ``flip``: the dynamics averaged with the mean of the final prediction and the mirrored one.
+- ``stage``: flags by the final prediction, relabels by its average with the dynamics (what `purify` does);
+- ``flip``: the same with the mean of the final prediction and the mirrored one in place of the final one.
+The results of stop 50 (benchmarks/results/tuning_slice/flip_scoring.*) predate rule 3 of the rule
+(`purification.RULE_VERSION`): both variants flagged by the average there.
 Against the training-set truth it reports F1, AUROC, relabel accuracy and the noise left after purify, and
 the two ensembles' accuracy on the run's test split. The dynamics themselves are not mirrored: that would
 need the per-epoch networks, which a run does not keep.
@@ -70,10 +72,11 @@ def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
         for images in (train, train.flip(-1), test, test.flip(-1))
     )
     test_truth = data.test_labels.numpy()
+    flipped = (final + mirrored) / 2.0
     return {
-        "stage": figures(given, truth, (dynamics["probs"] + final) / 2.0)
+        "stage": figures(given, truth, (dynamics["probs"] + final) / 2.0, final)
         | {"test_acc": float(np.mean(test.argmax(1) == test_truth))},
-        "flip": figures(given, truth, (dynamics["probs"] + (final + mirrored) / 2.0) / 2.0)
+        "flip": figures(given, truth, (dynamics["probs"] + flipped) / 2.0, flipped)
         | {"test_acc": float(np.mean((test + test_mirrored).argmax(1) == test_truth))},
     }
 

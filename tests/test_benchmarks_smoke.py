@@ -16,6 +16,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from labelsieve.config import load_params
 from labelsieve.data.store import Dataset
@@ -202,6 +203,26 @@ def test_purify_source_reruns_purify_on_the_kept_networks_under_each_source(tmp_
         assert result[own][key] == saved.get(key)  # the preset's own source: the saved run, bit for bit
     assert result["ssl"] != result["group"]  # the two sources read different networks
     assert "| sym50, mean of 1 | group |" in study.with_suffix(".md").read_text()
+
+
+@pytest.mark.integration
+def test_rule_change_reproduces_the_kept_run_under_the_stage_rule(tmp_path: Path) -> None:
+    tiny, work, out = tmp_path / "tiny.yaml", tmp_path / "work", tmp_path / "quality"
+    params = load_params(BENCHMARKS.parent / "params.yaml", overrides=list(TINY_QUALITY)).to_dict()
+    tiny.write_text(yaml.safe_dump(params))  # the study reads the kept params file, so it holds the sizes
+    command = [sys.executable, str(BENCHMARKS / "quality.py"), "--params", str(tiny), "--out", str(out)]
+    run = ["--work", str(work), "--noise", "sym50", "--methods", "labelsieve"]
+    subprocess.run([*command, *run], check=True, capture_output=True)
+    saved = json.loads((out / "sym50-labelsieve.json").read_text())["detection"]
+    study = tmp_path / "rules.json"
+    script = [sys.executable, str(BENCHMARKS / "rule_change.py"), str(work), "--out", str(study)]
+    subprocess.run(script, check=True, capture_output=True)
+    result = json.loads(study.read_text())["work/sym50-labelsieve"]
+    assert set(result) == {"rule 2", "rule 3"}
+    for key in ("f1", "auroc", "relabel_accuracy"):
+        assert result["rule 3"][key] == saved[key]  # the stage's rule on the kept networks: the run's own
+        assert result["rule 2"][key] is None or 0.0 <= result["rule 2"][key] <= 1.0
+    assert "| work/sym50-labelsieve | rule 2 |" in study.with_suffix(".md").read_text()
 
 
 def test_quality_key_covers_only_what_a_run_reads(monkeypatch: pytest.MonkeyPatch) -> None:
