@@ -6,7 +6,8 @@ with the training dynamics; before, the average did both (docs/purification.md, 
 networks, relabels from the average"). For each kept `quality.py --work` run with training dynamics this
 redoes the final prediction pass and reports both rules' detection figures against the training-set truth:
 - ``rule 2``: flags, relabels and drops by the average;
-- ``rule 3``: the stage's rule now (its figures equal the run's own).
+- ``rule 3``: the stage's rule now (its figures equal the run's own where the final networks are
+  `ssl_train`'s and its last epoch is no recalibration, as in every preset but `smr_cifar10`).
 The rule was chosen on the tuning slice and digits; run this on the benchmark's runs only to report it.
 
     uv run python benchmarks/rule_change.py /var/tmp/bw/ls --out benchmarks/results/rule_change_inst40.json

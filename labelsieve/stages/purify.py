@@ -9,7 +9,9 @@ least τ = `purify.flag_threshold` under the same posterior computed from the fi
 own noise estimate); a flagged sample is relabelled to the averaged posterior's most probable true class
 when that class is right with probability above 1 − τ, else dropped. The final networks flag more
 precisely; the early divisions in the average keep swapped samples from being relabelled to the swap
-partner (docs/purification.md, "Flags from the final networks, relabels from the average").
+partner (docs/purification.md, "Flags from the final networks, relabels from the average"). Where the final
+networks are GRIP's, or `ssl_train`'s last epoch was a CE recalibration that fits every given label (the
+published SMR schedules), the average flags too.
 The final networks are `ssl_train`'s (`purify.relabel_from: ssl`, measured better) or GRIP's. Without SSL
 epochs (the `grip` preset) every network was fitted to the given labels, so the rule unmixes their
 probabilities first (`probs_from="noisy_labels"`; docs/purification.md). GRIP's JS
@@ -122,9 +124,17 @@ def purify(
         source = "held_out_probs" if params.purify.pred_probs == "held_out" else "probs"
         averaged = dynamics[source].astype(np.float64) + final_np  # one (N, C) temporary, halved in place
         averaged /= 2.0
-        # Flags by the final networks' posterior, relabels by the average's (docs/purification.md).
+        # Flags by the final networks' posterior, relabels by the average's (docs/purification.md), unless
+        # the final networks are not ssl_train's or its last epoch fitted every given label (recalibration).
+        flag_final = params.purify.relabel_from == "ssl" and not ssl_train.recalibrates(
+            params, params.ssl_train.epochs - 1
+        )
         result = purification.find_label_issues(
-            given, averaged, threshold=threshold, probs_from=probs_from, flag_probs=final_np
+            given,
+            averaged,
+            threshold=threshold,
+            probs_from=probs_from,
+            flag_probs=final_np if flag_final else None,
         )
         result.scores["dynamics_margin"] = dynamics["margin"].astype(np.float64, copy=False)
     result.scores["js_given"] = js_given(final, soft_labels, labels)

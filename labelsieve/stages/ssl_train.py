@@ -158,6 +158,14 @@ def is_recalibration(epoch: int, period: int, *, step: int = 0, last_step: int |
     return period > 0 and (epoch + 1) % period == 0 and not barred
 
 
+def recalibrates(params: Params, step: int) -> bool:
+    """Whether SSL step `step` (0-based) is a recalibration epoch under `params` (`is_recalibration`)."""
+    cfg = params.ssl_train
+    last_step = math.floor(cfg.recalibration_until * cfg.epochs + 1e-9)
+    epoch = params.warmup.epochs + step  # global epoch: the schedule spans warm-up + SSL
+    return is_recalibration(epoch, cfg.recalibration_period, step=step, last_step=last_step)
+
+
 def run(
     params: Params,
     *,
@@ -205,13 +213,12 @@ def run(
         loss_history = [h.to(device) for h in state["loss_history"]]
         dynamics = TrainingDynamics.from_state(state["dynamics"], device)
         held_out = None if state["held_out"] is None else state["held_out"].to(device)
-    last_step = math.floor(cfg.recalibration_until * cfg.epochs + 1e-9)
     for step in range(start, cfg.epochs):
         epoch = params.warmup.epochs + step  # global epoch: the schedule spans warm-up + SSL
         generators.begin_epoch(epoch)
         record: dict[str, Any] = {"epoch": epoch}
         with loop.Timer() as timer:
-            if is_recalibration(epoch, cfg.recalibration_period, step=step, last_step=last_step):
+            if recalibrates(params, step):
                 record["kind"] = "recalibration"
                 held_out = None
                 record["loss"] = [

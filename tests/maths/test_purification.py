@@ -21,6 +21,7 @@ from labelsieve.maths.purification import (
     unmix,
 )
 from labelsieve.stages import purify as purify_stage
+from labelsieve.stages import ssl_train
 
 
 def test_hand_case_posteriors_flags_and_relabels():
@@ -100,6 +101,17 @@ def test_the_stage_flags_by_the_final_networks_and_relabels_by_their_average_wit
     assert stage.decision.tolist() == expected.decision.tolist()
     np.testing.assert_array_equal(stage.scores["noise_score"], expected.scores["noise_score"])
     np.testing.assert_array_equal(stage.noise.noise_matrix, expected.noise.noise_matrix)
+    # Final networks that just fitted every given label (a last recalibration epoch, as the published SMR
+    # schedule has), or GRIP's, would flag nothing they memorised: the average flags then.
+    averaged_flags = find_label_issues(given, averaged, probs_from="robust").decision.tolist()
+    assert averaged_flags != expected.decision.tolist()
+    published = load_params(None, presets=["smr_cifar10"])
+    assert ssl_train.recalibrates(published, published.ssl_train.epochs - 1)
+    group = load_params(None, overrides=["purify.relabel_from=group"])
+    for params in (published, group):
+        labels, probs = torch.from_numpy(given), torch.from_numpy(final)
+        result = purify_stage.purify(labels, probs, torch.eye(3)[None], dynamics, params)
+        assert result.decision.tolist() == averaged_flags
 
 
 def test_posterior_relabels_only_where_the_noise_matrix_lets_a_label_come_from():
