@@ -103,8 +103,9 @@ def params_read(resolved: dict[str, Any]) -> dict[str, Any]:
     counts only when retrain trains on purified labels; GRIP's own lr schedule counts as it did before
     `group_regularize.schedule` existed. Only a mixup warm-up reads `warmup.alpha`; other
     runs count it at its built-in default. A run with co-trained or GRIP networks reports purify's
-    decisions, so it also counts the rule's version (`purification.RULE_VERSION`) and, without SSL epochs,
-    that the rule unmixes the networks' probabilities (`probs_from="noisy_labels"`).
+    decisions, so it also counts the rule's version (`purification.RULE_VERSION`; without SSL epochs, and so
+    without training dynamics, `RULE_VERSION_WITHOUT_DYNAMICS`) and, without SSL epochs, that the rule
+    unmixes the networks' probabilities (`probs_from="noisy_labels"`).
     """
     read = copy.deepcopy(resolved)
     if read["ssl_train"]["epochs"] == 0:
@@ -118,10 +119,11 @@ def params_read(resolved: dict[str, Any]) -> dict[str, Any]:
         del read["group_regularize"]["schedule"]
     if read["warmup"]["loss"] != "mixup" or read["warmup"]["epochs"] == 0:
         read["warmup"]["alpha"] = WarmupConfig().alpha
-    if read["ssl_train"]["epochs"] > 0 or read["group_regularize"]["epochs"] > 0:
+    if read["ssl_train"]["epochs"] > 0:
         read["purify_rule"] = purification.RULE_VERSION
-        if read["ssl_train"]["epochs"] == 0:  # networks fitted to the given labels: their probs are unmixed
-            read["purify_probs_from"] = "noisy_labels"
+    elif read["group_regularize"]["epochs"] > 0:
+        read["purify_rule"] = purification.RULE_VERSION_WITHOUT_DYNAMICS
+        read["purify_probs_from"] = "noisy_labels"  # networks fitted to the given labels: probs unmixed
     return read
 
 

@@ -253,7 +253,11 @@ def test_quality_key_covers_only_what_a_run_reads(monkeypatch: pytest.MonkeyPatc
     before = {method: key(method) for method in quality.METHODS}
     monkeypatch.setattr(quality.purification, "RULE_VERSION", quality.purification.RULE_VERSION + 1)
     changed = {method for method in quality.METHODS if key(method) != before[method]}
-    assert changed == {"dividemix", "smr", "grip", "labelsieve"}  # the runs that report purify's rule
+    assert changed == {"dividemix", "smr", "labelsieve"}  # the runs whose purify reads training dynamics
+    version = quality.purification.RULE_VERSION_WITHOUT_DYNAMICS
+    monkeypatch.setattr(quality.purification, "RULE_VERSION_WITHOUT_DYNAMICS", version + 1)
+    changed = {method for method in quality.METHODS if key(method) != before[method]}
+    assert changed == {"dividemix", "smr", "grip", "labelsieve"}  # every run that reports purify's rule
 
     def reads(method: str) -> dict:
         return quality.params_read(quality.method_params(base, method, "sym50", []).to_dict())

@@ -54,6 +54,8 @@ PROBS_FROM = ("noisy_labels", "robust")
 # 2: relabel by the posterior's top class when it is right with probability above 1 − τ.
 # 3: the stage flags by the final networks' posterior (`flag_probs`), relabels by the averaged one.
 RULE_VERSION = 3
+# Rule 3 changed only the runs with training dynamics (SSL epochs); without them the rule is still rule 2's.
+RULE_VERSION_WITHOUT_DYNAMICS = 2
 
 
 @dataclass(frozen=True)
