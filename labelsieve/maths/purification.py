@@ -214,13 +214,13 @@ def find_label_issues(
         raise ValueError(f"probs_from must be one of {', '.join(PROBS_FROM)}; got {probs_from!r}")
     noise, unmixed, post = _estimate_and_posterior(labels, pred_probs, probs_from)
     labels, pred_probs = np.asarray(labels).astype(np.int64), np.asarray(pred_probs)
-    if flag_probs is not None and np.shape(flag_probs) != pred_probs.shape:
-        raise ValueError(
-            f"flag_probs must have pred_probs' shape {pred_probs.shape}, got {np.shape(flag_probs)}"
-        )
-    wrong = (
-        post.wrong if flag_probs is None else _estimate_and_posterior(labels, flag_probs, probs_from)[2].wrong
-    )
+    wrong = post.wrong
+    if flag_probs is not None:
+        if np.shape(flag_probs) != pred_probs.shape:
+            raise ValueError(
+                f"flag_probs must have pred_probs' shape {pred_probs.shape}, got {np.shape(flag_probs)}"
+            )
+        wrong = _estimate_and_posterior(labels, flag_probs, probs_from)[2].wrong
     decision, new_labels = decide(labels, wrong, post.best, post.best_prob, threshold)
     own = np.take_along_axis(pred_probs, labels[:, None], axis=1)[:, 0]
     scores = {
