@@ -206,7 +206,7 @@ def test_purify_source_reruns_purify_on_the_kept_networks_under_each_source(tmp_
 
 
 @pytest.mark.integration
-def test_rule_change_reproduces_the_kept_run_under_the_stage_rule(tmp_path: Path) -> None:
+def test_kept_run_studies_reproduce_the_kept_run_under_the_stage_rule(tmp_path: Path) -> None:
     tiny, work, out = tmp_path / "tiny.yaml", tmp_path / "work", tmp_path / "quality"
     params = load_params(BENCHMARKS.parent / "params.yaml", overrides=list(TINY_QUALITY)).to_dict()
     tiny.write_text(yaml.safe_dump(params))  # the study reads the kept params file, so it holds the sizes
@@ -223,6 +223,16 @@ def test_rule_change_reproduces_the_kept_run_under_the_stage_rule(tmp_path: Path
         assert result["rule 3"][key] == saved[key]  # the stage's rule on the kept networks: the run's own
         assert result["rule 2"][key] is None or 0.0 <= result["rule 2"][key] <= 1.0
     assert "| work/sym50-labelsieve | rule 2 |" in study.with_suffix(".md").read_text()
+    flags = tmp_path / "retrained.json"
+    script = [sys.executable, str(BENCHMARKS / "retrained_flags.py"), str(work), "--out", str(flags)]
+    subprocess.run(script, check=True, capture_output=True)
+    sources = json.loads(flags.read_text())["work/sym50-labelsieve"]
+    assert list(sources) == ["stage", "retrained", "mean"]
+    for key in ("f1", "auroc", "relabel_accuracy"):
+        assert sources["stage"][key] == saved[key]  # the final networks' flags: the run's own
+    assert all(0.0 <= fig["train_acc"] <= 1.0 for fig in sources.values())
+    assert sources["retrained"]["auroc"] != sources["stage"]["auroc"]  # another network's prediction pass
+    assert "| mean F1 | stage " in flags.with_suffix(".md").read_text()
 
 
 def test_quality_key_covers_only_what_a_run_reads(monkeypatch: pytest.MonkeyPatch) -> None:

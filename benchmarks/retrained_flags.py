@@ -1,0 +1,81 @@
+"""Would `purify` flag better with the retrained network than with the co-trained ones?
+
+`retrain` fine-tunes the first co-trained network on purify's labels (at τ_r) with the ensemble distilled in,
+and ends more accurate than the ensemble it starts from at the Fashion-MNIST class swap (README,
+Benchmarks). `purify` runs before it, so its flags come from the co-trained networks alone. For each kept
+`quality.py --work` run with training dynamics and a retrained model package (``model/``), this redoes the
+prediction passes of the final co-trained networks and of the retrained network on the training images and
+runs the stage's rule (`purification.find_label_issues`, τ = `WRONG_THRESHOLD`, the noise matrix estimated
+again), relabelling always by the stage's average with the training dynamics, and flagging by:
+- ``stage``: the final co-trained networks (what `purify` does, rule 3);
+- ``retrained``: the retrained network alone;
+- ``mean``: the mean of the two predictions.
+Against the training-set truth it reports F1, AUROC, relabel accuracy and the noise left after purify, and
+each flagging network's accuracy on the training truth. The retrained networks of the kept runs learned from
+the labels of the rule their run was made with.
+
+    uv run python benchmarks/retrained_flags.py /var/tmp/rt1 /var/tmp/rt2 --out /tmp/retrained_flags.json
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks import purify_ceiling  # noqa: E402
+from benchmarks.flip_scoring import figures  # noqa: E402
+from labelsieve.config import load_params  # noqa: E402
+from labelsieve.engine.resident import TrainingData  # noqa: E402
+from labelsieve.package import load_package  # noqa: E402
+from labelsieve.stages import purify  # noqa: E402
+
+
+def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
+    """The three flag sources of the module docstring on one finished run."""
+    if not (run / "model").is_dir():
+        raise SystemExit(f"{run}: no retrained model package (model/)")
+    given, truth, final, averaged, _ = purify_ceiling.load_run(run, dataset, params_file)
+    params = load_params(params_file, overrides=["runtime.threads=1"])
+    data = TrainingData.load(dataset, run / "labels", torch.device("cpu"), "resident")
+    network, _ = load_package(run / "model")
+    retrained = purify.final_probs([network], data, params).double().numpy()
+    sources = {"stage": final, "retrained": retrained, "mean": (final + retrained) / 2.0}
+    return {
+        name: figures(given, truth, averaged, probs) | {"train_acc": float(np.mean(probs.argmax(1) == truth))}
+        for name, probs in sources.items()
+    }
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    """A Markdown table: per run and flag source, the detection figures and the network's accuracy."""
+    lines = [
+        "| run | flags from | F1 | AUROC | relabel accuracy | noise left | accuracy on the training truth |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for run, variants in results.items():
+        for name, fig in variants.items():
+            lines.append(
+                f"| {run} | {name} | {fig['f1']:.4f} | {fig['auroc']:.4f} | {fig['relabel_accuracy']:.3f} "
+                f"| {fig['noise_left']:.3f} | {fig['train_acc']:.3f} |"
+            )
+    means = {
+        name: np.mean([variants[name]["f1"] for variants in results.values()])
+        for name in next(iter(results.values()))
+    }
+    lines.append("| mean F1 | " + " / ".join(f"{k} {v:.4f}" for k, v in means.items()) + " | | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    purify_ceiling.run_on_kept(__doc__, measure, table)
+
+
+if __name__ == "__main__":
+    main()
