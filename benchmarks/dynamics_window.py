@@ -3,7 +3,7 @@
 `purify` averages the co-trained networks' final prediction with their training dynamics, the mean of
 every co-divide's prediction over the SSL epochs (`labelsieve.maths.dynamics`). The early divisions come
 from networks a few epochs old; they have not memorised a wrong label, and they are also less accurate on
-the clean images, whose mistakes look exactly like noise (docs/purification.md, "What limits F1 and
+the clean images, whose mistakes look exactly like noise (docs/purification_studies.md, "What limits F1 and
 AUROC"). This study runs the `labelsieve` method (`quality.run_one`, every stage after ingest) while
 recording each division's prediction separately (the mean softmax of both networks), which the stage only
 sums, and then applies the stage's rule (`purification.find_label_issues`, τ = `WRONG_THRESHOLD`, the noise

@@ -1,9 +1,9 @@
 """Do a sample's neighbours' labels tell a class swap apart better than the networks' own prediction?
 
-At asym40 the co-trained networks learn part of each class swap (docs/purification.md, "How far the network
-itself could go"), so their prediction for a swapped sample is split between the two classes. A group of
-similar images carries more evidence than one prediction: if the K nearest training images of a sample all
-share its true class j, their given labels are K draws from column j of the noise matrix, and
+At asym40 the co-trained networks learn part of each class swap (docs/purification_studies.md, "How far
+the network itself could go"), so their prediction for a swapped sample is split between the two classes. A
+group of similar images carries more evidence than one prediction: if the K nearest training images of a
+sample all share its true class j, their given labels are K draws from column j of the noise matrix, and
 Σ_m log T[ỹ_m, j] separates a 60/40 swap sharply once K is large. This study measures whether the
 co-trained networks' features give such neighbourhoods.
 
