@@ -9,7 +9,11 @@ runs the stage's rule (`purification.find_label_issues`, τ = `WRONG_THRESHOLD`,
 again), relabelling always by the stage's average with the training dynamics, and flagging by:
 - ``stage``: the final co-trained networks (what `purify` does, rule 3);
 - ``retrained``: the retrained network alone;
-- ``mean``: the mean of the two predictions.
+- ``mean``: the mean of the two predictions;
+- ``retrained_unmixed``: the retrained network read as a model fitted to the given labels (it fine-tunes on
+  them with plain CE): its noise matrix estimated on its own prediction, the prediction unmixed through it
+  before Bayes' rule (`probs_from="noisy_labels"` of the API, applied to the flags only);
+- ``mean_unmixed``: the mean of the stage's and ``retrained_unmixed``'s posterior that the label is wrong.
 Against the training-set truth it reports F1, AUROC, relabel accuracy and the noise left after purify, and
 each flagging network's accuracy on the training truth. The retrained networks of the kept runs learned from
 the labels of the rule their run was made with.
@@ -30,15 +34,27 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import purify_ceiling  # noqa: E402
-from benchmarks.flip_scoring import figures  # noqa: E402
+from benchmarks.flip_scoring import decision_figures  # noqa: E402
 from labelsieve.config import load_params  # noqa: E402
 from labelsieve.engine.resident import TrainingData  # noqa: E402
+from labelsieve.maths import purification  # noqa: E402
 from labelsieve.package import load_package  # noqa: E402
 from labelsieve.stages import purify  # noqa: E402
 
 
+def flagged_by(
+    given: np.ndarray, truth: np.ndarray, averaged: np.ndarray, wrong: np.ndarray
+) -> dict[str, Any]:
+    """The rule's figures when `wrong` flags and the averaged prediction's posterior relabels or drops."""
+    relabel = purification.estimate_and_posterior(given, averaged, "robust")[2]
+    decision, new_labels = purification.decide(
+        given, wrong, relabel.best, relabel.best_prob, purification.WRONG_THRESHOLD
+    )
+    return decision_figures(given, truth, decision, new_labels, wrong)
+
+
 def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
-    """The three flag sources of the module docstring on one finished run."""
+    """The flag sources of the module docstring on one finished run."""
     if not (run / "model").is_dir():
         raise SystemExit(f"{run}: no retrained model package (model/)")
     given, truth, final, averaged, _ = purify_ceiling.load_run(run, dataset, params_file)
@@ -46,10 +62,20 @@ def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
     data = TrainingData.load(dataset, run / "labels", torch.device("cpu"), "resident")
     network, _ = load_package(run / "model")
     retrained = purify.final_probs([network], data, params).double().numpy()
-    sources = {"stage": final, "retrained": retrained, "mean": (final + retrained) / 2.0}
+    mean = (final + retrained) / 2.0
+    stage = purification.estimate_and_posterior(given, final, "robust")[2].wrong
+    unmixed = purification.estimate_and_posterior(given, retrained, "noisy_labels")[2].wrong
+    flags = {
+        "stage": (stage, final),
+        "retrained": (purification.estimate_and_posterior(given, retrained, "robust")[2].wrong, retrained),
+        "mean": (purification.estimate_and_posterior(given, mean, "robust")[2].wrong, mean),
+        "retrained_unmixed": (unmixed, retrained),
+        "mean_unmixed": ((stage + unmixed) / 2.0, mean),
+    }
     return {
-        name: figures(given, truth, averaged, probs) | {"train_acc": float(np.mean(probs.argmax(1) == truth))}
-        for name, probs in sources.items()
+        name: flagged_by(given, truth, averaged, wrong)
+        | {"train_acc": float(np.mean(probs.argmax(1) == truth))}
+        for name, (wrong, probs) in flags.items()
     }
 
 

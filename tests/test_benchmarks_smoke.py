@@ -227,11 +227,12 @@ def test_kept_run_studies_reproduce_the_kept_run_under_the_stage_rule(tmp_path: 
     script = [sys.executable, str(BENCHMARKS / "retrained_flags.py"), str(work), "--out", str(flags)]
     subprocess.run(script, check=True, capture_output=True)
     sources = json.loads(flags.read_text())["work/sym50-labelsieve"]
-    assert list(sources) == ["stage", "retrained", "mean"]
+    assert list(sources) == ["stage", "retrained", "mean", "retrained_unmixed", "mean_unmixed"]
     for key in ("f1", "auroc", "relabel_accuracy"):
         assert sources["stage"][key] == saved[key]  # the final networks' flags: the run's own
     assert all(0.0 <= fig["train_acc"] <= 1.0 for fig in sources.values())
     assert sources["retrained"]["auroc"] != sources["stage"]["auroc"]  # another network's prediction pass
+    assert sources["retrained_unmixed"]["train_acc"] == sources["retrained"]["train_acc"]  # the same network
     assert "| mean F1 | stage " in flags.with_suffix(".md").read_text()
 
 

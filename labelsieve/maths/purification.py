@@ -212,7 +212,7 @@ def find_label_issues(
     """
     if probs_from not in PROBS_FROM:
         raise ValueError(f"probs_from must be one of {', '.join(PROBS_FROM)}; got {probs_from!r}")
-    noise, unmixed, post = _estimate_and_posterior(labels, pred_probs, probs_from)
+    noise, unmixed, post = estimate_and_posterior(labels, pred_probs, probs_from)
     labels, pred_probs = np.asarray(labels).astype(np.int64), np.asarray(pred_probs)
     wrong = post.wrong
     if flag_probs is not None:
@@ -220,7 +220,7 @@ def find_label_issues(
             raise ValueError(
                 f"flag_probs must have pred_probs' shape {pred_probs.shape}, got {np.shape(flag_probs)}"
             )
-        wrong = _estimate_and_posterior(labels, flag_probs, probs_from)[2].wrong
+        wrong = estimate_and_posterior(labels, flag_probs, probs_from)[2].wrong
     decision, new_labels = decide(labels, wrong, post.best, post.best_prob, threshold)
     own = np.take_along_axis(pred_probs, labels[:, None], axis=1)[:, 0]
     scores = {
@@ -232,10 +232,11 @@ def find_label_issues(
     return Purification(decision, new_labels, scores, noise, unmixed)
 
 
-def _estimate_and_posterior(
+def estimate_and_posterior(
     labels: np.ndarray, probs: np.ndarray, probs_from: str
 ) -> tuple[confident.NoiseEstimate, bool, Posterior]:
-    """Steps 1 to 3: the noise estimate, whether the belief was unmixed, and the posterior."""
+    """Steps 1 to 3 on one set of probabilities: the noise estimate, whether the belief was unmixed, and the
+    posterior (`probs_from` as in `find_label_issues`)."""
     noise = confident.estimate(labels, probs)  # refuses bad labels and probabilities first
     labels = np.asarray(labels).astype(np.int64)
     unmixed = probs_from == "noisy_labels" and identifiable(noise.noise_matrix)
