@@ -234,6 +234,15 @@ def test_kept_run_studies_reproduce_the_kept_run_under_the_stage_rule(tmp_path: 
     assert sources["retrained"]["auroc"] != sources["stage"]["auroc"]  # another network's prediction pass
     assert sources["retrained_unmixed"]["train_acc"] == sources["retrained"]["train_acc"]  # the same network
     assert "| mean F1 | stage " in flags.with_suffix(".md").read_text()
+    head = tmp_path / "head.json"
+    script = [sys.executable, str(BENCHMARKS / "feature_head_flags.py"), str(work), "--out", str(head)]
+    subprocess.run(script, check=True, capture_output=True)
+    sources = json.loads(head.read_text())["work/sym50-labelsieve"]
+    assert list(sources) == ["stage", "head", "head_unmixed", "mean_unmixed"]
+    for key in ("f1", "auroc", "relabel_accuracy"):
+        assert sources["stage"][key] == saved[key]  # the final networks' flags: the run's own
+    assert sources["head"]["train_acc"] == sources["head_unmixed"]["train_acc"]  # the same head
+    assert 0.0 <= sources["head"]["train_acc"] <= 1.0
 
 
 def test_quality_key_covers_only_what_a_run_reads(monkeypatch: pytest.MonkeyPatch) -> None:
