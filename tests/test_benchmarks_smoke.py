@@ -243,6 +243,16 @@ def test_kept_run_studies_reproduce_the_kept_run_under_the_stage_rule(tmp_path: 
         assert sources["stage"][key] == saved[key]  # the final networks' flags: the run's own
     assert sources["head"]["train_acc"] == sources["head_unmixed"]["train_acc"]  # the same head
     assert 0.0 <= sources["head"]["train_acc"] <= 1.0
+    matrices = tmp_path / "matrices.json"
+    script = [sys.executable, str(BENCHMARKS / "noise_matrix_sources.py"), str(work), "--out", str(matrices)]
+    subprocess.run(script, check=True, capture_output=True)
+    sources = json.loads(matrices.read_text())["work/sym50-labelsieve"]
+    assert list(sources) == ["stage", "injected", "confident_top", "fixed_point", "head", "retrained"]
+    for key in ("f1", "auroc", "relabel_accuracy"):
+        assert (
+            sources["stage"][key] == saved[key]
+        )  # confident learning's T̂ on the final networks: the run's own
+    assert sources["injected"]["mae"] == 0.0 < sources["stage"]["mae"]
 
 
 def test_quality_key_covers_only_what_a_run_reads(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -824,3 +834,17 @@ def test_dynamics_window_records_each_division_and_averages_by_hand() -> None:
     np.testing.assert_allclose(variants["final"], final)
     np.testing.assert_allclose(variants["last_half"], ((d1 + d2) / 2 + final) / 2, rtol=1e-12)  # from 3 // 2
     np.testing.assert_allclose(variants["ramp"], ((d0 + 2 * d1 + 3 * d2) / 6 + final) / 2, rtol=1e-12)
+
+
+def test_noise_matrix_estimators_on_hand_cases() -> None:
+    study = _benchmark_module("noise_matrix_sources")
+    # 6 samples, 2 classes, N/C = 3: at share 2/3 each column reads the given labels of its 2 surest samples.
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8], [0.1, 0.9]])
+    given = np.array([0, 1, 0, 1, 1, 0])
+    top = study.confident_top(given, probs, share=2 / 3)
+    np.testing.assert_allclose(top, [[0.5, 0.5], [0.5, 0.5]])  # class 0: samples 0, 1; class 1: samples 5, 4
+    # One round from a uniform start on one-hot probabilities: each column is the given-label histogram of
+    # the samples predicted to be that class (class 0: labels 0, 1, 0; class 1: labels 1, 1, 0).
+    hard = np.eye(2)[[0, 0, 0, 1, 1, 1]]
+    matrix = study.fixed_point(given, hard, np.full((2, 2), 0.5), rounds=1)
+    np.testing.assert_allclose(matrix, [[2 / 3, 1 / 3], [1 / 3, 2 / 3]])
