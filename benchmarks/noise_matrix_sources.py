@@ -31,10 +31,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks import purify_ceiling  # noqa: E402
+from benchmarks import purify_ceiling, retrained_flags  # noqa: E402
 from benchmarks.feature_head_flags import out_of_fold_head  # noqa: E402
 from benchmarks.neighbour_evidence import features  # noqa: E402
-from benchmarks.retrained_flags import flagged_by  # noqa: E402
 from labelsieve.config import load_params  # noqa: E402
 from labelsieve.engine import loop  # noqa: E402
 from labelsieve.engine.resident import TrainingData  # noqa: E402
@@ -94,7 +93,9 @@ def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
         retrained = purify.final_probs([load_package(run / "model")[0]], data, params).double().numpy()
         matrices["retrained"] = confident.estimate(given, retrained).noise_matrix
     return {
-        name: flagged_by(given, truth, averaged, purification.posterior(given, final, matrix).wrong)
+        name: retrained_flags.flagged_by(
+            given, truth, averaged, purification.posterior(given, final, matrix).wrong
+        )
         | {"mae": float(np.abs(matrix - injected).mean())}
         for name, matrix in matrices.items()
     }
@@ -102,23 +103,7 @@ def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
 
 def table(results: dict[str, dict[str, Any]]) -> str:
     """A Markdown table: per run and matrix, the detection figures and the matrix's error."""
-    lines = [
-        "| run | noise matrix | F1 | AUROC | relabel accuracy | noise left | MAE to the injected |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for run, variants in results.items():
-        for name, fig in variants.items():
-            lines.append(
-                f"| {run} | {name} | {fig['f1']:.4f} | {fig['auroc']:.4f} | {fig['relabel_accuracy']:.3f} "
-                f"| {fig['noise_left']:.3f} | {fig['mae']:.4f} |"
-            )
-    names = next(iter(results.values()))
-    means = {
-        name: np.mean([variants[name]["f1"] for variants in results.values() if name in variants])
-        for name in names
-    }
-    lines.append("| mean F1 | " + " / ".join(f"{k} {v:.4f}" for k, v in means.items()) + " | | | | | |")
-    return "\n".join(lines) + "\n"
+    return retrained_flags.table(results, "noise matrix", ("mae", "MAE to the injected"))
 
 
 def main() -> None:

@@ -79,21 +79,28 @@ def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
     }
 
 
-def table(results: dict[str, dict[str, Any]]) -> str:
-    """A Markdown table: per run and flag source, the detection figures and the network's accuracy."""
+def table(
+    results: dict[str, dict[str, Any]],
+    source: str = "flags from",
+    last: tuple[str, str] = ("train_acc", "accuracy on the training truth"),
+) -> str:
+    """A Markdown table: per run and `source`, the detection figures and one more figure (`last`: key, title);
+    the last line is each source's mean F1 over the runs that have it."""
+    key, title = last
     lines = [
-        "| run | flags from | F1 | AUROC | relabel accuracy | noise left | accuracy on the training truth |",
+        f"| run | {source} | F1 | AUROC | relabel accuracy | noise left | {title} |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for run, variants in results.items():
         for name, fig in variants.items():
             lines.append(
                 f"| {run} | {name} | {fig['f1']:.4f} | {fig['auroc']:.4f} | {fig['relabel_accuracy']:.3f} "
-                f"| {fig['noise_left']:.3f} | {fig['train_acc']:.3f} |"
+                f"| {fig['noise_left']:.3f} | {fig[key]:.4f} |"
             )
+    names = dict.fromkeys(name for variants in results.values() for name in variants)
     means = {
-        name: np.mean([variants[name]["f1"] for variants in results.values()])
-        for name in next(iter(results.values()))
+        name: np.mean([variants[name]["f1"] for variants in results.values() if name in variants])
+        for name in names
     }
     lines.append("| mean F1 | " + " / ".join(f"{k} {v:.4f}" for k, v in means.items()) + " | | | | | |")
     return "\n".join(lines) + "\n"
