@@ -48,18 +48,19 @@ class NoiseEstimate:
         return np.rint(self.noise_rates * self.label_counts).astype(np.int64)
 
 
-def check_inputs(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def check_inputs(labels: np.ndarray, probs: np.ndarray, name: str = "probs") -> tuple[np.ndarray, np.ndarray]:
     """(int64 labels, probs as an array), refusing what is not class indices and per-row probabilities.
 
     Labels must be integers (or whole-valued floats) in [0, C). Each row of probs must be finite, in
     [0, 1] and sum to 1 within `ROW_SUM_TOLERANCE`: logits, log-probabilities and unnormalised scores are
-    refused with the first offending row named, instead of giving confident-looking wrong answers.
+    refused with the first offending row named, instead of giving confident-looking wrong answers. `name`
+    is what the errors call the probabilities (the caller's argument name).
     """
     labels, probs = np.asarray(labels), np.asarray(probs)
     if probs.ndim != 2 or labels.shape != (probs.shape[0],):
-        raise ValueError(f"probs must be (N, C) and labels (N,); got {probs.shape} and {labels.shape}")
+        raise ValueError(f"{name} must be (N, C) and labels (N,); got {probs.shape} and {labels.shape}")
     if not (np.issubdtype(probs.dtype, np.floating) or np.issubdtype(probs.dtype, np.integer)):
-        raise ValueError(f"probs must be real numbers, got dtype {probs.dtype}")
+        raise ValueError(f"{name} must be real numbers, got dtype {probs.dtype}")
     if np.issubdtype(labels.dtype, np.floating):
         fractional = np.flatnonzero(labels != np.round(labels))
         if fractional.size:
@@ -76,19 +77,19 @@ def check_inputs(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.
         sums = block.sum(axis=1)  # NaN or inf anywhere in a row makes its sum NaN or inf
         bad = np.flatnonzero(~np.isfinite(sums))
         if bad.size:
-            raise ValueError(f"probs contain NaN or inf (row {rows.start + bad[0]})")
+            raise ValueError(f"{name} contain NaN or inf (row {rows.start + bad[0]})")
         bad = np.flatnonzero(block.min(axis=1) < 0)
         if bad.size:
             row = rows.start + bad[0]
             raise ValueError(
-                f"probs row {row} has a negative entry ({block[bad[0]].min():.4g}): "
+                f"{name} row {row} has a negative entry ({block[bad[0]].min():.4g}): "
                 "pass probabilities (a softmax), not logits or log-probabilities"
             )
         bad = np.flatnonzero(np.abs(sums - 1.0) > ROW_SUM_TOLERANCE)
         if bad.size:
             row = rows.start + bad[0]
             raise ValueError(
-                f"probs row {row} sums to {sums[bad[0]]:.4g}, not 1: "
+                f"{name} row {row} sums to {sums[bad[0]]:.4g}, not 1: "
                 "pass probabilities (a softmax), not logits or unnormalised scores"
             )
     return labels, probs
@@ -141,12 +142,13 @@ def calibrate(joint: np.ndarray, label_counts: np.ndarray) -> np.ndarray:
     return scaled / total if total > 0 else scaled
 
 
-def estimate(labels: np.ndarray, probs: np.ndarray) -> NoiseEstimate:
+def estimate(labels: np.ndarray, probs: np.ndarray, name: str = "probs") -> NoiseEstimate:
     """Every confident-learning estimate from given labels (N,) and predicted probabilities (N, C).
 
-    Refuses bad inputs first (`check_inputs`), so a caller that passes them on unchanged needs no check.
+    Refuses bad inputs first (`check_inputs`, its errors calling the probabilities `name`), so a caller
+    that passes them on unchanged needs no check.
     """
-    labels, probs = check_inputs(labels, probs)
+    labels, probs = check_inputs(labels, probs, name)
     num_classes = probs.shape[1]
     t = _thresholds(labels, probs)
     counts = np.bincount(labels, minlength=num_classes)

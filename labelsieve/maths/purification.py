@@ -212,7 +212,7 @@ def find_label_issues(
     """
     if probs_from not in PROBS_FROM:
         raise ValueError(f"probs_from must be one of {', '.join(PROBS_FROM)}; got {probs_from!r}")
-    noise, unmixed, post = estimate_and_posterior(labels, pred_probs, probs_from)
+    noise, unmixed, post = estimate_and_posterior(labels, pred_probs, probs_from, "pred_probs")
     labels, pred_probs = np.asarray(labels).astype(np.int64), np.asarray(pred_probs)
     wrong = post.wrong
     if flag_probs is not None:
@@ -220,7 +220,7 @@ def find_label_issues(
             raise ValueError(
                 f"flag_probs must have pred_probs' shape {pred_probs.shape}, got {np.shape(flag_probs)}"
             )
-        wrong = estimate_and_posterior(labels, flag_probs, probs_from)[2].wrong
+        wrong = estimate_and_posterior(labels, flag_probs, probs_from, "flag_probs")[2].wrong
     decision, new_labels = decide(labels, wrong, post.best, post.best_prob, threshold)
     own = np.take_along_axis(pred_probs, labels[:, None], axis=1)[:, 0]
     scores = {
@@ -233,11 +233,11 @@ def find_label_issues(
 
 
 def estimate_and_posterior(
-    labels: np.ndarray, probs: np.ndarray, probs_from: str
+    labels: np.ndarray, probs: np.ndarray, probs_from: str, name: str = "probs"
 ) -> tuple[confident.NoiseEstimate, bool, Posterior]:
     """Steps 1 to 3 on one set of probabilities: the noise estimate, whether the belief was unmixed, and the
-    posterior (`probs_from` as in `find_label_issues`)."""
-    noise = confident.estimate(labels, probs)  # refuses bad labels and probabilities first
+    posterior (`probs_from` as in `find_label_issues`; `name` is what errors call the probabilities)."""
+    noise = confident.estimate(labels, probs, name)  # refuses bad labels and probabilities first
     labels = np.asarray(labels).astype(np.int64)
     unmixed = probs_from == "noisy_labels" and identifiable(noise.noise_matrix)
     belief = unmix(probs, noise.noise_matrix) if unmixed else probs

@@ -271,7 +271,7 @@ def test_flag_top_takes_the_highest_scores_per_class_with_ties_by_index():
 
 
 def test_bad_shapes_are_refused():
-    with pytest.raises(ValueError, match="probs must be"):
+    with pytest.raises(ValueError, match=r"pred_probs must be \(N, C\) and labels \(N,\)"):
         find_label_issues(np.array([0, 1]), np.ones((3, 2)) / 2)
     with pytest.raises(ValueError, match="labels must lie"):
         find_label_issues(np.array([0, 2]), np.ones((2, 2)) / 2)
@@ -279,7 +279,11 @@ def test_bad_shapes_are_refused():
         find_label_issues(np.array([0, 1]), np.ones((2, 2)) / 2, threshold=1.0)
     with pytest.raises(ValueError, match="probs_from must be one of noisy_labels, robust; got 'cv'"):
         find_label_issues(np.array([0, 1]), np.ones((2, 2)) / 2, probs_from="cv")
-    with pytest.raises(ValueError, match="not logits"):
+    with pytest.raises(ValueError, match="pred_probs row 0 has a negative entry .*not logits"):
         find_label_issues(np.array([0, 1]), np.log(np.ones((2, 2)) / 4))
+    with pytest.raises(ValueError, match="flag_probs row 1 sums to 2, not 1"):  # the errors name the argument
+        find_label_issues(
+            np.array([0, 1]), np.ones((2, 2)) / 2, flag_probs=np.array([[0.5, 0.5], [1.0, 1.0]])
+        )
     with pytest.raises(ValueError, match=r"labels\[1\] is 1.5"):
         find_label_issues(np.array([0.0, 1.5]), np.ones((2, 2)) / 2)
