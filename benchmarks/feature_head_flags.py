@@ -60,6 +60,7 @@ def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
     data = TrainingData.load(dataset, run / "labels", torch.device("cpu"), "resident")
     networks = loop.load_networks(run / "ssl", params, data, torch.device("cpu"))
     head = out_of_fold_head(features(networks, data).double().numpy(), given, final.shape[1])
+    relabel = purification.estimate_and_posterior(given, averaged, "robust")[2]
     stage = purification.estimate_and_posterior(given, final, "robust")[2].wrong
     unmixed = purification.estimate_and_posterior(given, head, "noisy_labels")[2].wrong
     flags = {
@@ -69,7 +70,7 @@ def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
         "mean_unmixed": ((stage + unmixed) / 2.0, head),
     }
     return {
-        name: flagged_by(given, truth, averaged, wrong)
+        name: flagged_by(given, truth, relabel, wrong)
         | {"train_acc": float(np.mean(probs.argmax(1) == truth))}
         for name, (wrong, probs) in flags.items()
     }

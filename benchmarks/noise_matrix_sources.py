@@ -92,9 +92,10 @@ def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
     if (run / "model").is_dir():
         retrained = purify.final_probs([load_package(run / "model")[0]], data, params).double().numpy()
         matrices["retrained"] = confident.estimate(given, retrained).noise_matrix
+    relabel = purification.estimate_and_posterior(given, averaged, "robust")[2]
     return {
         name: retrained_flags.flagged_by(
-            given, truth, averaged, purification.posterior(given, final, matrix).wrong
+            given, truth, relabel, purification.posterior(given, final, matrix).wrong
         )
         | {"mae": float(np.abs(matrix - injected).mean())}
         for name, matrix in matrices.items()

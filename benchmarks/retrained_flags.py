@@ -43,10 +43,10 @@ from labelsieve.stages import purify  # noqa: E402
 
 
 def flagged_by(
-    given: np.ndarray, truth: np.ndarray, averaged: np.ndarray, wrong: np.ndarray
+    given: np.ndarray, truth: np.ndarray, relabel: purification.Posterior, wrong: np.ndarray
 ) -> dict[str, Any]:
-    """The rule's figures when `wrong` flags and the averaged prediction's posterior relabels or drops."""
-    relabel = purification.estimate_and_posterior(given, averaged, "robust")[2]
+    """The rule's figures when `wrong` flags and `relabel` (the posterior of the stage's average, computed
+    once per run by the caller) relabels or drops."""
     decision, new_labels = purification.decide(
         given, wrong, relabel.best, relabel.best_prob, purification.WRONG_THRESHOLD
     )
@@ -63,6 +63,7 @@ def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
     network, _ = load_package(run / "model")
     retrained = purify.final_probs([network], data, params).double().numpy()
     mean = (final + retrained) / 2.0
+    relabel = purification.estimate_and_posterior(given, averaged, "robust")[2]
     stage = purification.estimate_and_posterior(given, final, "robust")[2].wrong
     unmixed = purification.estimate_and_posterior(given, retrained, "noisy_labels")[2].wrong
     flags = {
@@ -73,7 +74,7 @@ def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
         "mean_unmixed": ((stage + unmixed) / 2.0, mean),
     }
     return {
-        name: flagged_by(given, truth, averaged, wrong)
+        name: flagged_by(given, truth, relabel, wrong)
         | {"train_acc": float(np.mean(probs.argmax(1) == truth))}
         for name, (wrong, probs) in flags.items()
     }

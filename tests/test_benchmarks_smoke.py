@@ -248,10 +248,12 @@ def test_kept_run_studies_reproduce_the_kept_run_under_the_stage_rule(tmp_path: 
     subprocess.run(script, check=True, capture_output=True)
     sources = json.loads(matrices.read_text())["work/sym50-labelsieve"]
     assert list(sources) == ["stage", "injected", "confident_top", "fixed_point", "head", "retrained"]
-    for key in ("f1", "auroc", "relabel_accuracy"):
-        assert (
-            sources["stage"][key] == saved[key]
-        )  # confident learning's T̂ on the final networks: the run's own
+    for key in (
+        "f1",
+        "auroc",
+        "relabel_accuracy",
+    ):  # confident learning's T̂ on the final networks: the run's own
+        assert sources["stage"][key] == saved[key]
     assert sources["injected"]["mae"] == 0.0 < sources["stage"]["mae"]
 
 
