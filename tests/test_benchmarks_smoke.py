@@ -255,6 +255,23 @@ def test_kept_run_studies_reproduce_the_kept_run_under_the_stage_rule(tmp_path: 
     ):  # confident learning's T̂ on the final networks: the run's own
         assert sources["stage"][key] == saved[key]
     assert sources["injected"]["mae"] == 0.0 < sources["stage"]["mae"]
+    division = tmp_path / "division.json"
+    script = [sys.executable, str(BENCHMARKS / "division_probe.py"), str(work / "sym50-labelsieve")]
+    options = ["--variant", "base", "--out", str(tmp_path / "probe"), "--results", str(division)]
+    subprocess.run([*script, *options], check=True, capture_output=True)
+    [row] = json.loads(division.read_text())
+    assert row["per_class"] and 0.0 <= row["auroc_clean_prob"] <= 1.0
+    for figures in row["per_class"].values():
+        assert 0.0 < figures["noisy_share"] < 1.0
+        assert set(figures) == {
+            "noisy_share",
+            "auroc_clean_prob",
+            "auroc_warmup_own_prob",
+            "auroc_warmup_margin",
+            "auroc_warmup_log_ratio",
+            "labeled_clean",
+            "labeled_noisy",
+        }
 
 
 def test_quality_key_covers_only_what_a_run_reads(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -589,6 +606,27 @@ def test_noisy_label_probs_anchor_matrix_and_estimators_by_hand() -> None:
     assert set(rows) == set(study.ESTIMATORS)
     assert rows["injected"]["mae"] == 0.0
     assert all(0.0 <= row["f1"] <= 1.0 and 0.0 <= row["auroc"] <= 1.0 for row in rows.values())
+
+
+def test_division_probe_per_class_figures_on_a_hand_case() -> None:
+    probe = _benchmark_module("division_probe")
+    # Class 0: samples 0-3, sample 3 noisy; class 1: samples 4-5, both clean (left out); class 2: none.
+    given = np.array([0, 0, 0, 0, 1, 1])
+    noisy = np.array([False, False, False, True, False, False])
+    labeled = np.array([[True, True, False, True, True, True], [True, False, False, True, True, True]])
+    # An inverted score: the noisy sample scores lowest, below every clean one (AUROC 0); the other ranks
+    # it above two of the three clean samples and ties the third (AUROC (2 + 0.5) / 3).
+    scores = {
+        "inverted": np.array([0.9, 0.8, 0.7, 0.1, 0.0, 0.0]),
+        "mixed": np.array([0.2, 0.5, 0.1, 0.5, 0, 0]),
+    }
+    figures = probe.per_class(given, noisy, labeled, scores, ["a", "b", "c"])
+    assert list(figures) == ["a"]
+    assert figures["a"]["noisy_share"] == 0.25
+    assert figures["a"]["inverted"] == 0.0
+    assert figures["a"]["mixed"] == pytest.approx(2.5 / 3)
+    assert figures["a"]["labeled_clean"] == pytest.approx((1.0 + 0.5 + 0.0) / 3)  # per sample, mean of nets
+    assert figures["a"]["labeled_noisy"] == 1.0
 
 
 def test_division_probe_variant_syntax() -> None:
