@@ -238,7 +238,7 @@ def estimate_and_posterior(
     """Steps 1 to 3 on one set of probabilities: the noise estimate, whether the belief was unmixed, and the
     posterior (`probs_from` as in `find_label_issues`; `name` is what errors call the probabilities)."""
     noise = confident.estimate(labels, probs, name)  # refuses bad labels and probabilities first
-    labels = np.asarray(labels).astype(np.int64)
+    labels, probs = np.asarray(labels).astype(np.int64), np.asarray(probs)  # lists work as arrays do
     unmixed = probs_from == "noisy_labels" and identifiable(noise.noise_matrix)
     belief = unmix(probs, noise.noise_matrix) if unmixed else probs
     return noise, unmixed, posterior(labels, belief, noise.noise_matrix)

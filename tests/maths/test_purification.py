@@ -287,3 +287,15 @@ def test_bad_shapes_are_refused():
         )
     with pytest.raises(ValueError, match=r"labels\[1\] is 1.5"):
         find_label_issues(np.array([0.0, 1.5]), np.ones((2, 2)) / 2)
+
+
+def test_python_lists_are_read_as_the_arrays_they_hold():
+    rng = np.random.default_rng(0)
+    labels, probs = rng.integers(0, 3, 40), rng.dirichlet(np.ones(3), size=40)
+    flags = rng.dirichlet(np.ones(3), size=40)
+    expected = find_label_issues(labels, probs, flag_probs=flags)
+    result = find_label_issues(labels.tolist(), probs.tolist(), flag_probs=flags.tolist())
+    np.testing.assert_array_equal(result.decision, expected.decision)
+    np.testing.assert_array_equal(result.new_labels, expected.new_labels)
+    np.testing.assert_array_equal(result.scores["noise_score"], expected.scores["noise_score"])
+    np.testing.assert_array_equal(result.noise.noise_matrix, expected.noise.noise_matrix)
