@@ -49,8 +49,8 @@ def decode_image(data: bytes, *, size: int, channels: int, max_pixels: int) -> n
             image.load()
     except ImageRejected:
         raise
-    except UnidentifiedImageError as err:
-        raise ImageRejected(NOT_AN_IMAGE, str(err)) from err
+    except UnidentifiedImageError as err:  # its text names the BytesIO's address: not the same twice
+        raise ImageRejected(NOT_AN_IMAGE, "Pillow recognises no image format in it") from err
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageRejected(DECOMPRESSION_BOMB, str(err)) from err
     except (OSError, SyntaxError, ValueError, EOFError) as err:

@@ -86,6 +86,9 @@ def test_decode_image_rejects_empty_and_non_image(data, reason):
     with pytest.raises(images.ImageRejected) as info:
         _decode(data)
     assert info.value.reason == reason
+    with pytest.raises(images.ImageRejected) as again:
+        _decode(data)
+    assert again.value.detail == info.value.detail and " at 0x" not in info.value.detail  # reports repeat
 
 
 def test_decode_image_rejects_truncated_png():
