@@ -237,10 +237,17 @@ def test_predict_folder_gives_top_k_for_good_image_and_reasons_for_bad(package, 
 
 def test_predict_manifest_reports_missing_files_and_bad_rows(package, images, tmp_path):
     manifest = images / "list.jsonl"
-    lines = ['{"path": "nested/good.png"}', '{"path": "gone.png"}', "{not json", '{"label": "cat"}']
+    lines = [
+        '{"path": "nested/good.png"}',
+        '{"path": "gone.png"}',
+        "{not json",
+        '{"label": "cat"}',
+        '{"path": 5}',
+    ]
     manifest.write_text("\n".join(lines) + "\n")
     rows = predict(package[0], [manifest], top_k=5)
-    assert [r.status for r in rows] == ["ok", "missing_file", "bad_manifest_row", "bad_manifest_row"]
+    assert [r.status for r in rows] == ["ok", "missing_file", *["bad_manifest_row"] * 3]
+    assert [r.detail for r in rows[3:]] == ["missing 'path'", "'path' must be a string, got 5"]
     assert len(rows[0].classes) == 3  # top-k is capped at the number of classes
     assert sum(rows[0].probs) == pytest.approx(1.0, abs=1e-5)
 

@@ -366,7 +366,12 @@ def manifest_rows(
         except json.JSONDecodeError as err:
             rows.append((number, None, f"not valid JSON: {err.msg}"))
             continue
-        rows.append((number, row, "") if isinstance(row, dict) else (number, None, "not a JSON object"))
+        if not isinstance(row, dict):
+            rows.append((number, None, "not a JSON object"))
+        elif row.get("path") is not None and not isinstance(row["path"], str):
+            rows.append((number, None, f"'path' must be a string, got {row['path']!r}"))
+        else:
+            rows.append((number, row, ""))
     return rows
 
 
