@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks import purify_ceiling  # noqa: E402
 from benchmarks.neighbour_evidence import features  # noqa: E402
-from benchmarks.retrained_flags import flagged_by, table  # noqa: E402
+from benchmarks.retrained_flags import figures_by_source, table  # noqa: E402
 from labelsieve.config import load_params  # noqa: E402
 from labelsieve.engine import loop  # noqa: E402
 from labelsieve.engine.resident import TrainingData  # noqa: E402
@@ -69,11 +69,7 @@ def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
         "head_unmixed": (unmixed, head),
         "mean_unmixed": ((stage + unmixed) / 2.0, head),
     }
-    return {
-        name: flagged_by(given, truth, relabel, wrong)
-        | {"train_acc": float(np.mean(probs.argmax(1) == truth))}
-        for name, (wrong, probs) in flags.items()
-    }
+    return figures_by_source(given, truth, relabel, flags)
 
 
 def main() -> None:

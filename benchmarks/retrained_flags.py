@@ -53,6 +53,21 @@ def flagged_by(
     return decision_figures(given, truth, decision, new_labels, wrong)
 
 
+def figures_by_source(
+    given: np.ndarray,
+    truth: np.ndarray,
+    relabel: purification.Posterior,
+    flags: dict[str, tuple[np.ndarray, np.ndarray]],
+) -> dict[str, dict[str, Any]]:
+    """Per source, `flagged_by` of its noise score and the training-truth accuracy of the probabilities
+    behind it (`flags`: name -> (P(y* ≠ ỹ | x, ỹ), (N, C) probabilities))."""
+    return {
+        name: flagged_by(given, truth, relabel, wrong)
+        | {"train_acc": float(np.mean(probs.argmax(1) == truth))}
+        for name, (wrong, probs) in flags.items()
+    }
+
+
 def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
     """The flag sources of the module docstring on one finished run."""
     if not (run / "model").is_dir():
@@ -73,11 +88,7 @@ def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
         "retrained_unmixed": (unmixed, retrained),
         "mean_unmixed": ((stage + unmixed) / 2.0, mean),
     }
-    return {
-        name: flagged_by(given, truth, relabel, wrong)
-        | {"train_acc": float(np.mean(probs.argmax(1) == truth))}
-        for name, (wrong, probs) in flags.items()
-    }
+    return figures_by_source(given, truth, relabel, flags)
 
 
 def table(
