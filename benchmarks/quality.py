@@ -100,12 +100,13 @@ def params_read(resolved: dict[str, Any]) -> dict[str, Any]:
     A run without SSL epochs reads only `ssl_train.batch_size` of its section (co-divide's guard), so
     the runs of `ce`, `clean`, `grip` and `sssl` keep their key when the co-training params change. A
     stage with no epoch passes its input through, so only its `epochs` counts, and `retrain.flag_threshold`
-    counts only when retrain trains on purified labels; GRIP's own lr schedule counts as it did before
-    `group_regularize.schedule` existed. Only a mixup warm-up reads `warmup.alpha`; other
-    runs count it at its built-in default. A run with co-trained or GRIP networks reports purify's
-    decisions, so it also counts the rule's version (`purification.RULE_VERSION`; without SSL epochs, and so
-    without training dynamics, `RULE_VERSION_WITHOUT_DYNAMICS`) and, without SSL epochs, that the rule
-    unmixes the networks' probabilities (`probs_from="noisy_labels"`).
+    counts only when retrain trains on purified labels, `retrain.forward_correction` only when it is on.
+    GRIP's own lr schedule counts as it did before `group_regularize.schedule` existed. Only a mixup
+    warm-up reads `warmup.alpha`; other runs count it at its built-in default. A run with co-trained or
+    GRIP networks reports purify's decisions, so it also counts the rule's version
+    (`purification.RULE_VERSION`; without SSL epochs, and so without training dynamics,
+    `RULE_VERSION_WITHOUT_DYNAMICS`) and, without SSL epochs, that the rule unmixes the networks'
+    probabilities (`probs_from="noisy_labels"`).
     """
     read = copy.deepcopy(resolved)
     if read["ssl_train"]["epochs"] == 0:
@@ -115,6 +116,8 @@ def params_read(resolved: dict[str, Any]) -> dict[str, Any]:
             read[section] = {"epochs": 0}
     if not read["retrain"].get("use_purified", True):  # retrain's own τ re-decides purified labels only
         read["retrain"].pop("flag_threshold", None)
+    if read["retrain"].get("forward_correction") == 0:  # off: as the runs from before the key
+        read["retrain"].pop("forward_correction")
     if read["group_regularize"].get("schedule") == "grip":  # the only schedule before the key existed
         del read["group_regularize"]["schedule"]
     if read["warmup"]["loss"] != "mixup" or read["warmup"]["epochs"] == 0:

@@ -262,6 +262,9 @@ class RetrainConfig:
         2, 1, 100_000, doc="soft-target correction every this many epochs from e_s"
     )
     correction_momentum: float = bounded(0.9, 0.0, 1.0, doc="m: t <- m t + (1 - m) softmax(z)")
+    forward_correction: float = bounded(
+        0.5, 0.0, 1.0, doc="λ: learn each label through λ T_r + (1 − λ) I (docs/algorithms.md §5.2); 0: off"
+    )
 
 
 @dataclass(frozen=True)

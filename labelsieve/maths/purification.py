@@ -130,15 +130,24 @@ def posterior(labels: np.ndarray, probs: np.ndarray, noise_matrix: np.ndarray) -
     rows_of = np.arange(n)
     for rows in chunks.row_chunks(n, probs.shape[1]):
         given, local = labels[rows], rows_of[rows] - rows.start
-        joint = np.asarray(probs[rows], dtype=np.float64) * noise_matrix[given]
-        total = joint.sum(axis=1)
-        empty = total <= 0
-        joint[empty, given[empty]] = 1.0
-        joint /= np.where(empty, 1.0, total)[:, None]
+        joint = posterior_rows(given, probs[rows], noise_matrix)
         wrong[rows] = 1.0 - joint[local, given]
         best[rows] = joint.argmax(axis=1)
         best_prob[rows] = joint[local, best[rows]]
     return Posterior(wrong, best, best_prob)
+
+
+def posterior_rows(labels: np.ndarray, probs: np.ndarray, noise_matrix: np.ndarray) -> np.ndarray:
+    """(n, C) float64 P(y* = j | x, ỹ) of a block of rows (`posterior`'s, whole, for callers that need it).
+
+    A row with no mass keeps its label with probability 1.
+    """
+    joint = np.asarray(probs, dtype=np.float64) * noise_matrix[labels]
+    total = joint.sum(axis=1)
+    empty = total <= 0
+    joint[empty, labels[empty]] = 1.0
+    joint /= np.where(empty, 1.0, total)[:, None]
+    return joint
 
 
 def flag_top(score: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -36,6 +36,7 @@ Outputs: the model package (labelsieve/package.py), ``history.json`` and ``soft_
 from __future__ import annotations
 
 import hashlib
+import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +55,7 @@ from labelsieve.engine.device import autocast, resolve_device
 from labelsieve.engine.resident import TrainingData
 from labelsieve.engine.stream import prefetch
 from labelsieve.errors import LabelsieveError
-from labelsieve.maths import division, mixmatch, neighbours, purification
+from labelsieve.maths import division, forward, mixmatch, neighbours, purification
 from labelsieve.maths.purification import DROP, KEEP, RELABEL
 from labelsieve.models import Classifier
 from labelsieve.package import save_package
@@ -76,18 +77,22 @@ class TrainingLabels:
         decision: int8 (N,) KEEP, RELABEL or DROP; all KEEP for the raw noisy labels.
         source: "purified" or "noisy".
         probs: float32 (N, C) the co-trained ensemble's prediction (purify's `train_probs`), or None.
+        noise_matrix: float64 (C, C) the matrix `retrain.forward_correction` learns ``labels`` through:
+            λ T_r + (1 − λ) I, T_r[i, j] = P(label = i | y* = j) (`forward.expected_noise_matrix`).
     """
 
     labels: np.ndarray
     decision: np.ndarray
     source: str
     probs: np.ndarray | None = None
+    noise_matrix: np.ndarray | None = None
 
     @property
     def digest(self) -> str:
         """Identity of the labels, for the checkpoint key."""
         probs = b"" if self.probs is None else self.probs.tobytes()
-        return hashlib.sha256(self.labels.tobytes() + self.decision.tobytes() + probs).hexdigest()
+        matrix = b"" if self.noise_matrix is None else self.noise_matrix.tobytes()
+        return hashlib.sha256(self.labels.tobytes() + self.decision.tobytes() + probs + matrix).hexdigest()
 
 
 @dataclass
@@ -98,11 +103,16 @@ class SampleState:
         train_ids: int64 (M,) the sample ids iterated over (dropped ones left out under `exclude`).
         loss_weight: float32 (N,) 1 for a labelled sample, 0 for a dropped one kept as unlabeled.
         targets: float32 (N, C) soft targets t; rows of samples outside ``train_ids`` are never used.
+        label_targets: float32 (N, C) the part of t that is the label, (1 − β) onehot(label) (zero for a
+            dropped sample), corrected through ``noise_matrix``; None without forward correction.
+        noise_matrix: float32 (C, C) the labels' P(label = i | y* = j), or None.
     """
 
     train_ids: torch.Tensor
     loss_weight: torch.Tensor
     targets: torch.Tensor
+    label_targets: torch.Tensor | None = None
+    noise_matrix: torch.Tensor | None = None
 
 
 def read_labels(params: Params, data: TrainingData, purified_dir: str | Path | None) -> TrainingLabels:
@@ -112,6 +122,7 @@ def read_labels(params: Params, data: TrainingData, purified_dir: str | Path | N
         LabelsieveError: the file is missing or unreadable, or its arrays do not fit the training set.
     """
     n, classes = len(data.train_labels), data.num_classes
+    check_forward_correction(params.retrain)
     if not params.retrain.use_purified:
         return TrainingLabels(data.train_labels.cpu().numpy(), np.zeros(n, dtype=np.int8), "noisy")
     path = Path(purified_dir if purified_dir is not None else "") / "labels.npz"
@@ -134,11 +145,12 @@ def read_labels(params: Params, data: TrainingData, purified_dir: str | Path | N
     for name, array in (("train_labels", labels), ("train_decision", decision)):
         if array.shape != (n,) or array.dtype.kind not in "iu":
             problems.append(f"{name} must be integers of shape ({n},), got {array.dtype} {array.shape}")
-    wants_probs = params.retrain.distill > 0 or params.retrain.dropped == "ensemble"
+    cfg = params.retrain
+    wants_probs = cfg.distill > 0 or cfg.dropped == "ensemble" or cfg.forward_correction > 0
     if probs is None and wants_probs:
         problems.append(
             "it has no train_probs (the ensemble's prediction; purify writes it), which "
-            "retrain.distill > 0 or retrain.dropped: ensemble needs"
+            "retrain.distill > 0, retrain.dropped: ensemble or retrain.forward_correction > 0 needs"
         )
     elif probs is not None and (probs.shape != (n, classes) or not np.isfinite(probs).all()):
         problems.append(f"train_probs must be finite of shape ({n}, {classes}), got {probs.shape}")
@@ -152,11 +164,66 @@ def read_labels(params: Params, data: TrainingData, purified_dir: str | Path | N
             problems.append(f"only {used.size} sample(s) are kept; retrain needs at least 2")
     if problems:
         raise LabelsieveError(f"{path} does not fit the training set of {n} samples: " + "; ".join(problems))
-    if params.retrain.flag_threshold is not None:
-        given = data.train_labels.cpu().numpy()
-        decision, labels = redecide(Path(purified_dir), given, classes, params.retrain.flag_threshold)
+    given = data.train_labels.cpu().numpy()
+    if cfg.flag_threshold is not None:
+        decision, labels = redecide(Path(purified_dir), given, classes, cfg.flag_threshold)
     used_probs = probs.astype(np.float32) if probs is not None and wants_probs else None
-    return TrainingLabels(labels.astype(np.int64), decision.astype(np.int8), "purified", used_probs)
+    matrix = None
+    if cfg.forward_correction > 0:
+        used = decision != DROP
+        estimate = purify_noise_matrix(Path(purified_dir), classes)
+        expected = forward.expected_noise_matrix(labels[used], given[used], probs[used], estimate)
+        strength = cfg.forward_correction  # λ: T_r shrunk towards the identity (docs/algorithms.md §5.2)
+        matrix = strength * expected + (1.0 - strength) * np.eye(classes)
+    return TrainingLabels(labels.astype(np.int64), decision.astype(np.int8), "purified", used_probs, matrix)
+
+
+def purify_noise_matrix(purified_dir: Path, num_classes: int) -> np.ndarray:
+    """Purify's estimated noise matrix of the given labels (``summary.json``), for forward correction.
+
+    Raises:
+        LabelsieveError: the summary is missing or unreadable, or its matrix is not a (C, C) matrix of
+            probabilities whose columns sum to 1.
+    """
+    path = purified_dir / "summary.json"
+    fix = "rerun `labelsieve purify`, or set retrain.forward_correction: 0"
+    try:
+        matrix = np.asarray(json.loads(path.read_text())["noise_estimate"]["noise_matrix"], dtype=np.float64)
+    except (OSError, KeyError, TypeError, ValueError) as err:
+        raise LabelsieveError(
+            f"{path} has no readable noise_estimate.noise_matrix ({err}), which "
+            f"retrain.forward_correction needs; {fix}"
+        ) from err
+    shape = (num_classes, num_classes)
+    if matrix.shape != shape or not np.isfinite(matrix).all() or (matrix < 0).any():
+        raise LabelsieveError(
+            f"{path}: noise_matrix must hold {shape} probabilities, got {matrix.shape}; {fix}"
+        )
+    if not np.allclose(matrix.sum(axis=0), 1.0, atol=1e-3):
+        raise LabelsieveError(f"{path}: the columns of noise_matrix must sum to 1; {fix}")
+    return matrix
+
+
+def check_forward_correction(cfg: RetrainConfig) -> None:
+    """Refuse `forward_correction` where it has no noise matrix or cannot apply.
+
+    Raises:
+        LabelsieveError: it is on with the raw noisy labels (no purify estimate) or with mixup or synthetic
+            epochs (their mixed targets are not split into label and belief).
+    """
+    if cfg.forward_correction == 0:
+        return
+    if not cfg.use_purified:
+        raise LabelsieveError(
+            "retrain.forward_correction > 0 needs purify's noise estimate, but retrain.use_purified is "
+            "false; set retrain.forward_correction: 0 to train on the raw labels"
+        )
+    if cfg.warmup_epochs < cfg.epochs:
+        raise LabelsieveError(
+            f"retrain.forward_correction corrects CE epochs only, but retrain.warmup_epochs "
+            f"({cfg.warmup_epochs}) < retrain.epochs ({cfg.epochs}) leaves mixup or synthetic epochs; "
+            "set retrain.warmup_epochs to retrain.epochs or retrain.forward_correction: 0"
+        )
 
 
 def redecide(
@@ -219,7 +286,12 @@ def initial_state(
         loss_weight = kept.float()
     ids = torch.arange(len(decision), device=device)
     train_ids = ids[loss_weight > 0] if cfg.dropped == "exclude" else ids
-    return SampleState(train_ids=train_ids, loss_weight=loss_weight, targets=targets)
+    if labels.noise_matrix is None:
+        return SampleState(train_ids=train_ids, loss_weight=loss_weight, targets=targets)
+    beta = cfg.distill if ensemble is not None else 0.0
+    label_targets = (1.0 - beta) * F.one_hot(safe, num_classes).float() * kept[:, None]
+    matrix = torch.from_numpy(labels.noise_matrix).float().to(device)
+    return SampleState(train_ids, loss_weight, targets, label_targets, matrix)
 
 
 def starting_network(
@@ -508,7 +580,13 @@ def train_epoch(
                 x, t = mixmatch.mix(x, t, lam, perm)
         with autocast(x.device, params.runtime.precision):
             logits = trainer(x).float()
-        loss = distributed.scaled(weighted_soft_ce(logits, t, state.loss_weight[idx]), len(idx), size)
+        weight = state.loss_weight[idx]
+        if state.noise_matrix is not None:  # forward correction: CE epochs only (`check_forward_correction`)
+            a = state.label_targets[idx]
+            raw = forward.forward_corrected_ce(logits, a, t - a, weight, state.noise_matrix)
+        else:
+            raw = weighted_soft_ce(logits, t, weight)
+        loss = distributed.scaled(raw, len(idx), size)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

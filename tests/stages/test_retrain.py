@@ -11,7 +11,7 @@ from labelsieve.data.store import load_dataset
 from labelsieve.engine import checkpoint as checkpoint_module
 from labelsieve.engine.augment import to_float
 from labelsieve.errors import LabelsieveError
-from labelsieve.maths import neighbours
+from labelsieve.maths import forward, neighbours
 from labelsieve.package import load_package
 from labelsieve.stages import ingest, inject_noise, retrain, warmup
 
@@ -194,6 +194,7 @@ def test_sssl_preset_trains_on_the_raw_labels_with_upstream_stages_passed_throug
     assert (params.warmup.epochs, params.warmup.networks, params.ssl_train.epochs) == (0, 1, 0)
     assert params.group_regularize.epochs == 0
     assert params.retrain.knn_scope == "dataset"  # chosen on the tuning slice (docs/algorithms.md §5)
+    assert params.retrain.forward_correction == 0  # no purify estimate of the raw labels to correct with
 
 
 # ----------------------------------------------------------------------------- schedule and resume
@@ -332,3 +333,86 @@ def test_ensemble_package_holds_the_retrained_and_the_co_trained_networks(data_d
         retrain.run(
             params, **data_dirs, purified_dir=None, ssl_dir=tmp_path / "none", out_dir=tmp_path / "m2"
         )
+
+
+# ----------------------------------------------------------------------------- forward correction
+
+FORWARD = (
+    "retrain.use_purified=true",
+    "retrain.init_from=scratch",
+    "retrain.epochs=1",
+    "retrain.distill=0.25",
+)
+
+
+def _purify_output(directory, data_dirs, noise_matrix):
+    """Every given label kept, the ensemble's prediction 0.9 on the given label, and `noise_matrix`."""
+    given = np.load(data_dirs["labels_dir"] / "labels.npz")["train_labels"]
+    probs = np.full((len(given), 10), 0.1 / 9, np.float32)
+    probs[np.arange(len(given)), given] = 0.9
+    directory.mkdir()
+    np.savez(
+        directory / "labels.npz",
+        train_labels=given,
+        train_decision=np.zeros(len(given), np.int8),
+        train_probs=probs,
+    )
+    summary = {"noise_estimate": {"noise_matrix": noise_matrix.tolist()}}
+    (directory / "summary.json").write_text(json.dumps(summary))
+    return given, probs
+
+
+def test_forward_correction_trains_through_the_labels_expected_noise_matrix(data_dirs, tmp_path):
+    identity = np.eye(10)
+    _purify_output(tmp_path / "identity", data_dirs, identity)
+    plain = _params(*FORWARD, "retrain.forward_correction=0", presets=("digits",))
+    _retrain(plain, data_dirs, tmp_path / "plain", tmp_path / "identity")
+    on = _params(*FORWARD, "retrain.forward_correction=1", presets=("digits",))
+    _retrain(on, data_dirs, tmp_path / "corrected", tmp_path / "identity")
+    # Through the identity the corrected loss is the plain one (up to float rounding of log(softmax)).
+    assert _history(tmp_path / "corrected")[0]["loss"] == pytest.approx(
+        _history(tmp_path / "plain")[0]["loss"], rel=1e-4
+    )
+
+    # Class 1 given as 7 a third of the time: the matrix retrain learns through is the posterior's.
+    swap = np.eye(10)
+    swap[[1, 7], 1] = 2 / 3, 1 / 3
+    given, probs = _purify_output(tmp_path / "swap", data_dirs, swap)
+    data = retrain.TrainingData.load(data_dirs["dataset_dir"], data_dirs["labels_dir"], torch.device("cpu"))
+    labels = retrain.read_labels(on, data, tmp_path / "swap")
+    expected = forward.expected_noise_matrix(given, given, probs, swap)
+    np.testing.assert_allclose(labels.noise_matrix, expected)
+    assert 0 < labels.noise_matrix[7, 1] < 1 / 3 and labels.noise_matrix[7, 7] == 1.0
+    half = _params(*FORWARD, "retrain.forward_correction=0.5", presets=("digits",))
+    shrunk = retrain.read_labels(half, data, tmp_path / "swap").noise_matrix
+    np.testing.assert_allclose(shrunk, 0.5 * expected + 0.5 * np.eye(10))
+    _retrain(on, data_dirs, tmp_path / "swapped", tmp_path / "swap")
+    assert _history(tmp_path / "swapped")[0]["loss"] != pytest.approx(
+        _history(tmp_path / "corrected")[0]["loss"], rel=1e-4
+    )
+
+
+def test_forward_correction_refuses_what_it_cannot_correct(data_dirs, tmp_path):
+    on = ("retrain.forward_correction=1", "retrain.epochs=2")
+    with pytest.raises(LabelsieveError, match=r"needs purify's noise estimate.*use_purified is false"):
+        _retrain(_params(*on, "retrain.use_purified=false"), data_dirs, tmp_path / "m", tmp_path)
+    with pytest.raises(LabelsieveError, match=r"CE epochs only.*warmup_epochs \(1\) < retrain.epochs \(2\)"):
+        _retrain(
+            _params(*on, "retrain.use_purified=true", "retrain.warmup_epochs=1"),
+            data_dirs,
+            tmp_path / "m",
+            tmp_path,
+        )
+    given, _ = _purify_output(tmp_path / "purified", data_dirs, np.eye(10))
+    (tmp_path / "purified" / "summary.json").unlink()
+    params = _params(*FORWARD, "retrain.forward_correction=1", presets=("digits",))
+    with pytest.raises(LabelsieveError, match=r"summary\.json has no readable noise_estimate\.noise_matrix"):
+        _retrain(params, data_dirs, tmp_path / "m", tmp_path / "purified")
+    (tmp_path / "purified" / "summary.json").write_text(
+        json.dumps({"noise_estimate": {"noise_matrix": [[1.0]]}})
+    )
+    with pytest.raises(
+        LabelsieveError, match=r"noise_matrix must hold \(10, 10\) probabilities, got \(1, 1\)"
+    ):
+        _retrain(params, data_dirs, tmp_path / "m", tmp_path / "purified")
+    assert not (tmp_path / "m").exists() and len(given) > 0
