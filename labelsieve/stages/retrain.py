@@ -122,7 +122,6 @@ def read_labels(params: Params, data: TrainingData, purified_dir: str | Path | N
         LabelsieveError: the file is missing or unreadable, or its arrays do not fit the training set.
     """
     n, classes = len(data.train_labels), data.num_classes
-    check_forward_correction(params.retrain)
     if not params.retrain.use_purified:
         return TrainingLabels(data.train_labels.cpu().numpy(), np.zeros(n, dtype=np.int8), "noisy")
     path = Path(purified_dir if purified_dir is not None else "") / "labels.npz"
@@ -202,28 +201,6 @@ def purify_noise_matrix(purified_dir: Path, num_classes: int) -> np.ndarray:
     if not np.allclose(matrix.sum(axis=0), 1.0, atol=1e-3):
         raise LabelsieveError(f"{path}: the columns of noise_matrix must sum to 1; {fix}")
     return matrix
-
-
-def check_forward_correction(cfg: RetrainConfig) -> None:
-    """Refuse `forward_correction` where it has no noise matrix or cannot apply.
-
-    Raises:
-        LabelsieveError: it is on with the raw noisy labels (no purify estimate) or with mixup or synthetic
-            epochs (their mixed targets are not split into label and belief).
-    """
-    if cfg.forward_correction == 0:
-        return
-    if not cfg.use_purified:
-        raise LabelsieveError(
-            "retrain.forward_correction > 0 needs purify's noise estimate, but retrain.use_purified is "
-            "false; set retrain.forward_correction: 0 to train on the raw labels"
-        )
-    if cfg.warmup_epochs < cfg.epochs:
-        raise LabelsieveError(
-            f"retrain.forward_correction corrects CE epochs only, but retrain.warmup_epochs "
-            f"({cfg.warmup_epochs}) < retrain.epochs ({cfg.epochs}) leaves mixup or synthetic epochs; "
-            "set retrain.warmup_epochs to retrain.epochs or retrain.forward_correction: 0"
-        )
 
 
 def redecide(
@@ -581,7 +558,7 @@ def train_epoch(
         with autocast(x.device, params.runtime.precision):
             logits = trainer(x).float()
         weight = state.loss_weight[idx]
-        if state.noise_matrix is not None:  # forward correction: CE epochs only (`check_forward_correction`)
+        if state.noise_matrix is not None and kind == "ce":  # mixed targets mix label and belief: not split
             a = state.label_targets[idx]
             raw = forward.forward_corrected_ce(logits, a, t - a, weight, state.noise_matrix)
         else:

@@ -392,17 +392,23 @@ def test_forward_correction_trains_through_the_labels_expected_noise_matrix(data
     )
 
 
-def test_forward_correction_refuses_what_it_cannot_correct(data_dirs, tmp_path):
-    on = ("retrain.forward_correction=1", "retrain.epochs=2")
-    with pytest.raises(LabelsieveError, match=r"needs purify's noise estimate.*use_purified is false"):
-        _retrain(_params(*on, "retrain.use_purified=false"), data_dirs, tmp_path / "m", tmp_path)
-    with pytest.raises(LabelsieveError, match=r"CE epochs only.*warmup_epochs \(1\) < retrain.epochs \(2\)"):
-        _retrain(
-            _params(*on, "retrain.use_purified=true", "retrain.warmup_epochs=1"),
-            data_dirs,
-            tmp_path / "m",
-            tmp_path,
-        )
+def test_forward_correction_acts_on_purified_labels_in_ce_epochs_only(data_dirs, tmp_path):
+    swap = np.eye(10)
+    swap[[1, 7], 1] = 2 / 3, 1 / 3
+    _purify_output(tmp_path / "purified", data_dirs, swap)
+    # A mixup epoch mixes targets, label and belief together: it trains the same with λ 1 as with λ 0.
+    mixup = (*FORWARD, "retrain.warmup_epochs=0", "retrain.synthetic_start=5")
+    for strength in (0, 1):
+        params = _params(*mixup, f"retrain.forward_correction={strength}", presets=("digits",))
+        _retrain(params, data_dirs, tmp_path / f"mixup{strength}", tmp_path / "purified")
+    assert _history(tmp_path / "mixup1")[0]["loss"] == _history(tmp_path / "mixup0")[0]["loss"]
+    # The raw noisy labels have no purify estimate: there is nothing to correct through.
+    raw = _params("retrain.forward_correction=1", "retrain.epochs=1")
+    data = retrain.TrainingData.load(data_dirs["dataset_dir"], data_dirs["labels_dir"], torch.device("cpu"))
+    assert retrain.read_labels(raw, data, None).noise_matrix is None
+
+
+def test_forward_correction_without_a_usable_matrix_names_the_file(data_dirs, tmp_path):
     given, _ = _purify_output(tmp_path / "purified", data_dirs, np.eye(10))
     (tmp_path / "purified" / "summary.json").unlink()
     params = _params(*FORWARD, "retrain.forward_correction=1", presets=("digits",))
