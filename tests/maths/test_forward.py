@@ -64,11 +64,11 @@ def test_forward_corrected_ce_by_hand():
     t = torch.tensor([[0.6, 0.3], [0.4, 0.7]], dtype=torch.float64)  # T[i, j] = P(label i | true j)
     loss = forward.forward_corrected_ce(logits, a, b, torch.ones(1, dtype=torch.float64), t)
     # (T p)_0 = 0.6/4 + 0.3·3/4 = 0.375: 0.8·(−log 0.375) + 0.2·(−log 1/4).
-    assert math.isclose(float(loss), 0.8 * math.log(1 / 0.375) + 0.2 * math.log(4.0), rel_tol=1e-12)
+    assert math.isclose(loss.item(), 0.8 * math.log(1 / 0.375) + 0.2 * math.log(4.0), rel_tol=1e-12)
     # A perfect swap: label 0 always means class 1, so the loss of label 0 is −log p_1 and pulls p_1 up.
     swap = torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
     one = torch.ones(1, dtype=torch.float64)
     loss = forward.forward_corrected_ce(logits, a + b, torch.zeros_like(a), one, swap)
-    assert math.isclose(float(loss), -math.log(0.75), rel_tol=1e-12)
+    assert math.isclose(loss.item(), -math.log(0.75), rel_tol=1e-12)
     (grad,) = torch.autograd.grad(loss, logits)
     assert grad[0, 1] < 0 < grad[0, 0]
