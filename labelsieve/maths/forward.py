@@ -38,8 +38,7 @@ def expected_noise_matrix(
     for rows in chunks.row_chunks(len(labels), classes):
         np.add.at(totals, labels[rows], purification.posterior_rows(given[rows], probs[rows], estimate))
     mass = totals.sum(axis=0)
-    out = np.where(mass > 0, totals / np.where(mass > 0, mass, 1.0), np.eye(classes))
-    return out
+    return np.where(mass > 0, totals / np.where(mass > 0, mass, 1.0), np.eye(classes))
 
 
 def forward_corrected_ce(

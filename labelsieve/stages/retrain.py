@@ -103,15 +103,18 @@ class SampleState:
         train_ids: int64 (M,) the sample ids iterated over (dropped ones left out under `exclude`).
         loss_weight: float32 (N,) 1 for a labelled sample, 0 for a dropped one kept as unlabeled.
         targets: float32 (N, C) soft targets t; rows of samples outside ``train_ids`` are never used.
-        label_targets: float32 (N, C) the part of t that is the label, (1 − β) onehot(label) (zero for a
-            dropped sample), corrected through ``noise_matrix``; None without forward correction.
+        labels: int64 (N,) each sample's label (clamped into range where dropped); None without forward
+            correction.
+        label_mass: float32 (N,) how much of t is onehot(label), 1 − β, and 0 for a dropped sample: the part
+            corrected through ``noise_matrix``; None without forward correction.
         noise_matrix: float32 (C, C) the labels' P(label = i | y* = j), or None.
     """
 
     train_ids: torch.Tensor
     loss_weight: torch.Tensor
     targets: torch.Tensor
-    label_targets: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    label_mass: torch.Tensor | None = None
     noise_matrix: torch.Tensor | None = None
 
 
@@ -266,9 +269,9 @@ def initial_state(
     if labels.noise_matrix is None:
         return SampleState(train_ids=train_ids, loss_weight=loss_weight, targets=targets)
     beta = cfg.distill if ensemble is not None else 0.0
-    label_targets = (1.0 - beta) * F.one_hot(safe, num_classes).float() * kept[:, None]
+    label_mass = (1.0 - beta) * kept.float()
     matrix = torch.from_numpy(labels.noise_matrix).float().to(device)
-    return SampleState(train_ids, loss_weight, targets, label_targets, matrix)
+    return SampleState(train_ids, loss_weight, targets, safe, label_mass, matrix)
 
 
 def starting_network(
@@ -559,7 +562,7 @@ def train_epoch(
             logits = trainer(x).float()
         weight = state.loss_weight[idx]
         if state.noise_matrix is not None and kind == "ce":  # mixed targets mix label and belief: not split
-            a = state.label_targets[idx]
+            a = state.label_mass[idx, None] * F.one_hot(state.labels[idx], t.shape[1]).float()
             raw = forward.forward_corrected_ce(logits, a, t - a, weight, state.noise_matrix)
         else:
             raw = weighted_soft_ce(logits, t, weight)
