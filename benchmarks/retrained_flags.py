@@ -16,7 +16,8 @@ again), relabelling always by the stage's average with the training dynamics, an
 - ``mean_unmixed``: the mean of the stage's and ``retrained_unmixed``'s posterior that the label is wrong.
 Against the training-set truth it reports F1, AUROC, relabel accuracy and the noise left after purify, and
 each flagging network's accuracy on the training truth. The retrained networks of the kept runs learned from
-the labels of the rule their run was made with.
+the labels of the rule their run was made with, and through the forward correction of their run's
+`retrain.forward_correction` (0 before stop 55, 0.5 since; docs/purification_studies.md has both).
 
     uv run python benchmarks/retrained_flags.py /var/tmp/rt1 /var/tmp/rt2 --out /tmp/retrained_flags.json
 """
