@@ -345,11 +345,15 @@ FORWARD = (
 )
 
 
-def _purify_output(directory, data_dirs, noise_matrix):
-    """Every given label kept, the ensemble's prediction 0.9 on the given label, and `noise_matrix`."""
+def _purify_output(directory, data_dirs, noise_matrix, sevens_as_ones=False):
+    """Every given label kept, the ensemble's prediction 0.9 on the given label (with `sevens_as_ones`, on
+    class 1 for every other sample given 7), and `noise_matrix`."""
     given = np.load(data_dirs["labels_dir"] / "labels.npz")["train_labels"]
+    believed = given.copy()
+    if sevens_as_ones:
+        believed[np.flatnonzero(given == 7)[::2]] = 1
     probs = np.full((len(given), 10), 0.1 / 9, np.float32)
-    probs[np.arange(len(given)), given] = 0.9
+    probs[np.arange(len(given)), believed] = 0.9
     directory.mkdir()
     np.savez(
         directory / "labels.npz",
@@ -364,7 +368,7 @@ def _purify_output(directory, data_dirs, noise_matrix):
 
 def test_forward_correction_trains_through_the_labels_expected_noise_matrix(data_dirs, tmp_path):
     identity = np.eye(10)
-    _purify_output(tmp_path / "identity", data_dirs, identity)
+    _purify_output(tmp_path / "identity", data_dirs, identity, sevens_as_ones=True)
     plain = _params(*FORWARD, "retrain.forward_correction=0", presets=("digits",))
     _retrain(plain, data_dirs, tmp_path / "plain", tmp_path / "identity")
     on = _params(*FORWARD, "retrain.forward_correction=1", presets=("digits",))
@@ -374,19 +378,23 @@ def test_forward_correction_trains_through_the_labels_expected_noise_matrix(data
         _history(tmp_path / "plain")[0]["loss"], rel=1e-4
     )
 
-    # Class 1 given as 7 a third of the time: the matrix retrain learns through is the posterior's.
+    # Class 1 given as 7 a third of the time, and half the 7s look like 1s to the ensemble: the matrix
+    # retrain learns through is the posterior's.
     swap = np.eye(10)
     swap[[1, 7], 1] = 2 / 3, 1 / 3
-    given, probs = _purify_output(tmp_path / "swap", data_dirs, swap)
+    given, probs = _purify_output(tmp_path / "swap", data_dirs, swap, sevens_as_ones=True)
     data = retrain.TrainingData.load(data_dirs["dataset_dir"], data_dirs["labels_dir"], torch.device("cpu"))
     labels = retrain.read_labels(on, data, tmp_path / "swap")
     expected = forward.expected_noise_matrix(given, given, probs, swap)
     np.testing.assert_allclose(labels.noise_matrix, expected)
-    assert 0 < labels.noise_matrix[7, 1] < 1 / 3 and labels.noise_matrix[7, 7] == 1.0
+    assert 0.3 < labels.noise_matrix[7, 1] < 0.4 and labels.noise_matrix[7, 7] == 1.0
     half = _params(*FORWARD, "retrain.forward_correction=0.5", presets=("digits",))
     shrunk = retrain.read_labels(half, data, tmp_path / "swap").noise_matrix
     np.testing.assert_allclose(shrunk, 0.5 * expected + 0.5 * np.eye(10))
     _retrain(on, data_dirs, tmp_path / "swapped", tmp_path / "swap")
+    # The swap moves the first epoch's loss by about 0.15% (2.0721 against 2.0690 on an AVX2 EPYC). With the
+    # ensemble agreeing with every given label, T_r stayed within 0.01 of the identity and the losses 0.006%
+    # apart, which an AVX2 CPU could not tell from rounding.
     assert _history(tmp_path / "swapped")[0]["loss"] != pytest.approx(
         _history(tmp_path / "corrected")[0]["loss"], rel=1e-4
     )
