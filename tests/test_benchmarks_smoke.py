@@ -234,6 +234,16 @@ def test_kept_run_studies_reproduce_the_kept_run_under_the_stage_rule(tmp_path: 
     assert sources["retrained"]["auroc"] != sources["stage"]["auroc"]  # another network's prediction pass
     assert sources["retrained_unmixed"]["train_acc"] == sources["retrained"]["train_acc"]  # the same network
     assert "| mean F1 | stage " in flags.with_suffix(".md").read_text()
+    crossfit = tmp_path / "crossfit.json"
+    script = [sys.executable, str(BENCHMARKS / "retrain_crossfit.py"), str(work), "--out", str(crossfit)]
+    subprocess.run(script, check=True, capture_output=True)
+    sources = json.loads(crossfit.read_text())["work/sym50-labelsieve"]
+    assert list(sources) == ["stage", "retrained", "crossfit", "crossfit_unmixed", "mean_crossfit"]
+    for key in ("f1", "auroc", "relabel_accuracy"):
+        assert sources["stage"][key] == saved[key]  # the final networks' flags: the run's own
+    assert sources["crossfit"]["auroc"] != sources["retrained"]["auroc"]  # four other networks
+    assert sources["crossfit"]["train_acc"] == sources["crossfit_unmixed"]["train_acc"]  # the same prediction
+    assert sources["stage"]["cost_x_retrain"] > 0.0
     head = tmp_path / "head.json"
     script = [sys.executable, str(BENCHMARKS / "feature_head_flags.py"), str(work), "--out", str(head)]
     subprocess.run(script, check=True, capture_output=True)
@@ -482,6 +492,14 @@ def test_crawl_scale_cold_cache_names_the_file_it_could_not_write(
     monkeypatch.setattr(crawl_scale, "DROP_CACHES", tmp_path / "missing" / "drop_caches")
     with pytest.raises(SystemExit, match="--cold-cache needs root to write .*missing/drop_caches"):
         crawl_scale.drop_page_cache()
+
+
+def test_retrain_crossfit_folds_partition_the_samples_evenly_under_a_seed() -> None:
+    folds_of = _benchmark_module("retrain_crossfit").folds_of
+    fold = folds_of(10, 4, seed=3)
+    assert sorted(np.bincount(fold, minlength=4).tolist()) == [2, 2, 3, 3]  # every sample in one fold
+    assert np.array_equal(fold, folds_of(10, 4, seed=3))
+    assert not np.array_equal(folds_of(1000, 4, seed=3), folds_of(1000, 4, seed=4))
 
 
 def test_tuning_slice_is_disjoint_from_the_benchmarks_images() -> None:
