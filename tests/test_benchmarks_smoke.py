@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -205,6 +206,14 @@ def test_purify_source_reruns_purify_on_the_kept_networks_under_each_source(tmp_
     assert "| sym50, mean of 1 | group |" in study.with_suffix(".md").read_text()
 
 
+def _kept_run_study(script: str, work: Path, tmp_path: Path) -> tuple[dict[str, Any], Path]:
+    """Run a kept-run study script on `work` with --out; (its figures of the one sym50 run, the JSON path)."""
+    out = tmp_path / f"{script}.json"
+    command = [sys.executable, str(BENCHMARKS / f"{script}.py"), str(work), "--out", str(out)]
+    subprocess.run(command, check=True, capture_output=True)
+    return json.loads(out.read_text())["work/sym50-labelsieve"], out
+
+
 @pytest.mark.integration
 def test_kept_run_studies_reproduce_the_kept_run_under_the_stage_rule(tmp_path: Path) -> None:
     tiny, work, out = tmp_path / "tiny.yaml", tmp_path / "work", tmp_path / "quality"
@@ -214,19 +223,13 @@ def test_kept_run_studies_reproduce_the_kept_run_under_the_stage_rule(tmp_path: 
     run = ["--work", str(work), "--noise", "sym50", "--methods", "labelsieve"]
     subprocess.run([*command, *run], check=True, capture_output=True)
     saved = json.loads((out / "sym50-labelsieve.json").read_text())["detection"]
-    study = tmp_path / "rules.json"
-    script = [sys.executable, str(BENCHMARKS / "rule_change.py"), str(work), "--out", str(study)]
-    subprocess.run(script, check=True, capture_output=True)
-    result = json.loads(study.read_text())["work/sym50-labelsieve"]
+    result, study = _kept_run_study("rule_change", work, tmp_path)
     assert set(result) == {"rule 2", "rule 3"}
     for key in ("f1", "auroc", "relabel_accuracy"):
         assert result["rule 3"][key] == saved[key]  # the stage's rule on the kept networks: the run's own
         assert result["rule 2"][key] is None or 0.0 <= result["rule 2"][key] <= 1.0
     assert "| work/sym50-labelsieve | rule 2 |" in study.with_suffix(".md").read_text()
-    flags = tmp_path / "retrained.json"
-    script = [sys.executable, str(BENCHMARKS / "retrained_flags.py"), str(work), "--out", str(flags)]
-    subprocess.run(script, check=True, capture_output=True)
-    sources = json.loads(flags.read_text())["work/sym50-labelsieve"]
+    sources, flags = _kept_run_study("retrained_flags", work, tmp_path)
     assert list(sources) == ["stage", "retrained", "mean", "retrained_unmixed", "mean_unmixed"]
     for key in ("f1", "auroc", "relabel_accuracy"):
         assert sources["stage"][key] == saved[key]  # the final networks' flags: the run's own
@@ -234,29 +237,20 @@ def test_kept_run_studies_reproduce_the_kept_run_under_the_stage_rule(tmp_path: 
     assert sources["retrained"]["auroc"] != sources["stage"]["auroc"]  # another network's prediction pass
     assert sources["retrained_unmixed"]["train_acc"] == sources["retrained"]["train_acc"]  # the same network
     assert "| mean F1 | stage " in flags.with_suffix(".md").read_text()
-    crossfit = tmp_path / "crossfit.json"
-    script = [sys.executable, str(BENCHMARKS / "retrain_crossfit.py"), str(work), "--out", str(crossfit)]
-    subprocess.run(script, check=True, capture_output=True)
-    sources = json.loads(crossfit.read_text())["work/sym50-labelsieve"]
+    sources, _ = _kept_run_study("retrain_crossfit", work, tmp_path)
     assert list(sources) == ["stage", "retrained", "crossfit", "crossfit_unmixed", "mean_crossfit"]
     for key in ("f1", "auroc", "relabel_accuracy"):
         assert sources["stage"][key] == saved[key]  # the final networks' flags: the run's own
     assert sources["crossfit"]["auroc"] != sources["retrained"]["auroc"]  # four other networks
     assert sources["crossfit"]["train_acc"] == sources["crossfit_unmixed"]["train_acc"]  # the same prediction
     assert sources["stage"]["cost_x_retrain"] > 0.0
-    head = tmp_path / "head.json"
-    script = [sys.executable, str(BENCHMARKS / "feature_head_flags.py"), str(work), "--out", str(head)]
-    subprocess.run(script, check=True, capture_output=True)
-    sources = json.loads(head.read_text())["work/sym50-labelsieve"]
+    sources, _ = _kept_run_study("feature_head_flags", work, tmp_path)
     assert list(sources) == ["stage", "head", "head_unmixed", "mean_unmixed"]
     for key in ("f1", "auroc", "relabel_accuracy"):
         assert sources["stage"][key] == saved[key]  # the final networks' flags: the run's own
     assert sources["head"]["train_acc"] == sources["head_unmixed"]["train_acc"]  # the same head
     assert 0.0 <= sources["head"]["train_acc"] <= 1.0
-    matrices = tmp_path / "matrices.json"
-    script = [sys.executable, str(BENCHMARKS / "noise_matrix_sources.py"), str(work), "--out", str(matrices)]
-    subprocess.run(script, check=True, capture_output=True)
-    sources = json.loads(matrices.read_text())["work/sym50-labelsieve"]
+    sources, _ = _kept_run_study("noise_matrix_sources", work, tmp_path)
     assert list(sources) == ["stage", "injected", "confident_top", "fixed_point", "head", "retrained"]
     for key in (
         "f1",
