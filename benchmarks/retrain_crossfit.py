@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks import purify_ceiling  # noqa: E402
 from benchmarks.retrained_flags import figures_by_source, table  # noqa: E402
-from labelsieve.config import load_params  # noqa: E402
+from labelsieve.config import Params, load_params  # noqa: E402
 from labelsieve.engine import loop  # noqa: E402
 from labelsieve.engine.device import apply_threads  # noqa: E402
 from labelsieve.engine.resident import TrainingData  # noqa: E402
@@ -54,12 +54,10 @@ def folds_of(n: int, folds: int, seed: int) -> np.ndarray:
     return fold
 
 
-def crossfit_probs(run: Path, dataset: Path, params_file: Path, folds: int) -> tuple[np.ndarray, float]:
+def crossfit_probs(run: Path, params: Params, data: TrainingData, folds: int) -> tuple[np.ndarray, float]:
     """((N, C) each training sample's prediction by the retrain that left its fold out, seconds taken)."""
-    params = load_params(params_file, overrides=["runtime.threads=1"])
     apply_threads(1)
     device = torch.device("cpu")
-    data = TrainingData.load(dataset, run / "labels", device, "resident")
     labels = retrain.read_labels(params, data, run / "purified")
     fold = folds_of(len(labels.labels), folds, params.runtime.seed)
     out = np.zeros((len(fold), data.num_classes))
@@ -87,7 +85,7 @@ def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
     data = TrainingData.load(dataset, run / "labels", torch.device("cpu"), "resident")
     network, _ = load_package(run / "model")
     retrained = purify.final_probs([network], data, params).double().numpy()
-    crossfit, seconds = crossfit_probs(run, dataset, params_file, FOLDS)
+    crossfit, seconds = crossfit_probs(run, params, data, FOLDS)
     retrain_seconds = sum(h["train_seconds"] for h in evaluate.read_history(run / "model"))
 
     def wrong(probs: np.ndarray, source: str = "robust") -> np.ndarray:
