@@ -496,17 +496,21 @@ def test_retrain_crossfit_folds_partition_the_samples_evenly_under_a_seed() -> N
     assert not np.array_equal(folds_of(1000, 4, seed=3), folds_of(1000, 4, seed=4))
 
 
-def test_tuning_slice_is_disjoint_from_the_benchmarks_images() -> None:
+def test_tuning_slices_are_disjoint_from_the_benchmarks_images_and_each_other() -> None:
     slicer = _benchmark_module("tuning_slice")
-    labels = np.tile(np.arange(3), 2300)  # 2,300 images per class, interleaved
-    rows = slicer.slice_rows(labels)
-    for split, (start, stop) in slicer.SPLITS.items():
-        picked = np.array([i for i, s in rows if s == split])
-        assert np.bincount(labels[picked]).tolist() == [stop - start] * 3
-        rank = picked // 3  # position of each image among its class's images
-        assert rank.min() == start and rank.max() == stop - 1
-    assert min(i // 3 for i, _ in rows) >= 1000  # never one of the CPU profile's first 1,000 per class
-    assert len({i for i, _ in rows}) == len(rows)
+    labels = np.tile(np.arange(3), 4300)  # 4,300 images per class, interleaved
+    images = {}
+    for part, splits in slicer.PARTS.items():
+        rows = slicer.slice_rows(labels, part)
+        for split, (start, stop) in splits.items():
+            picked = np.array([i for i, s in rows if s == split])
+            assert np.bincount(labels[picked]).tolist() == [stop - start] * 3
+            rank = picked // 3  # position of each image among its class's images
+            assert rank.min() == start and rank.max() == stop - 1
+        assert min(i // 3 for i, _ in rows) >= 1000  # never one of the CPU profile's first 1,000 per class
+        images[part] = {i for i, _ in rows}
+        assert len(images[part]) == len(rows)
+    assert not images[1] & images[2]
 
 
 def test_purify_ceiling_rankings_by_hand() -> None:
