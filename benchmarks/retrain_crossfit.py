@@ -4,11 +4,12 @@
 than the co-trained networks on the tuning slice (F1 0.80 against 0.75 at asym40), but loses on digits, where
 its 15 fine-tuning epochs fit the noisy labels they are scored against (docs/purification_studies.md). This
 study asks whether the same retrain, cross-fitted, keeps the slice's gain and loses the digits loss: the
-training samples are split into K seeded folds; for each fold the stage's retrain (its params, its labels
-from purify at τ_r, its forward correction, its starting network) fine-tunes on the other K − 1 folds only,
-and predicts the held-out fold. Every sample is then scored by a network that never learned its label in
-retrain (the co-trained network it starts from still did). Flag sources, relabelling always by the stage's
-average with the training dynamics (as in `retrained_flags.py`):
+training samples are split into K seeded folds, stratified by the given label (`cleanlab_peer`'s folds);
+for each fold the stage's retrain (its params, its labels from purify at τ_r, its forward correction, its
+starting network) fine-tunes on the other K − 1 folds only, and predicts the held-out fold. Every sample is
+then scored by a network that never learned its label in retrain (the co-trained network it starts from
+still did). Flag sources, relabelling always by the stage's average with the training dynamics (as in
+`retrained_flags.py`):
 - ``stage``: the final co-trained networks (what `purify` does);
 - ``retrained``: the run's own retrained network (in sample);
 - ``crossfit``: the cross-fitted prediction;
@@ -34,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import purify_ceiling  # noqa: E402
+from benchmarks.cleanlab_peer import stratified_folds  # noqa: E402
 from benchmarks.retrained_flags import figures_by_source, table  # noqa: E402
 from labelsieve.config import Params, load_params  # noqa: E402
 from labelsieve.engine import loop  # noqa: E402
@@ -41,17 +43,9 @@ from labelsieve.engine.device import apply_threads  # noqa: E402
 from labelsieve.engine.resident import TrainingData  # noqa: E402
 from labelsieve.maths import purification  # noqa: E402
 from labelsieve.package import load_package  # noqa: E402
-from labelsieve.seeding import numpy_rng  # noqa: E402
 from labelsieve.stages import evaluate, purify, retrain  # noqa: E402
 
 FOLDS = 4  # each fold retrains on three quarters of the samples: about 3x the stage's retrain
-
-
-def folds_of(n: int, folds: int, seed: int) -> np.ndarray:
-    """(n,) each sample's fold in [0, folds): a seeded permutation dealt round-robin (sizes differ by ≤ 1)."""
-    fold = np.empty(n, dtype=np.int64)
-    fold[numpy_rng(seed, "retrain", "crossfit").permutation(n)] = np.arange(n) % folds
-    return fold
 
 
 def crossfit_probs(run: Path, params: Params, data: TrainingData, folds: int) -> tuple[np.ndarray, float]:
@@ -59,7 +53,7 @@ def crossfit_probs(run: Path, params: Params, data: TrainingData, folds: int) ->
     apply_threads(1)
     device = torch.device("cpu")
     labels = retrain.read_labels(params, data, run / "purified")
-    fold = folds_of(len(labels.labels), folds, params.runtime.seed)
+    fold = stratified_folds(data.train_labels.cpu().numpy(), folds, params.runtime.seed)
     out = np.zeros((len(fold), data.num_classes))
     began = time.perf_counter()
     for f in range(folds):

@@ -488,14 +488,6 @@ def test_crawl_scale_cold_cache_names_the_file_it_could_not_write(
         crawl_scale.drop_page_cache()
 
 
-def test_retrain_crossfit_folds_partition_the_samples_evenly_under_a_seed() -> None:
-    folds_of = _benchmark_module("retrain_crossfit").folds_of
-    fold = folds_of(10, 4, seed=3)
-    assert sorted(np.bincount(fold, minlength=4).tolist()) == [2, 2, 3, 3]  # every sample in one fold
-    assert np.array_equal(fold, folds_of(10, 4, seed=3))
-    assert not np.array_equal(folds_of(1000, 4, seed=3), folds_of(1000, 4, seed=4))
-
-
 def test_tuning_slices_are_disjoint_from_the_benchmarks_images_and_each_other() -> None:
     slicer = _benchmark_module("tuning_slice")
     labels = np.tile(np.arange(3), 4300)  # 4,300 images per class, interleaved
