@@ -884,6 +884,20 @@ def test_dynamics_window_records_each_division_and_averages_by_hand() -> None:
     np.testing.assert_allclose(variants["ramp"], ((d0 + 2 * d1 + 3 * d2) / 6 + final) / 2, rtol=1e-12)
 
 
+def test_pruned_noise_matrix_by_hand() -> None:
+    study = _benchmark_module("pruned_noise_matrix")
+    # Column 0: off-diagonal 0.3 and 0.05; at r 0.25 the 0.05 (< 0.075) goes and the column is renormalised.
+    # Column 1: off-diagonal 0.1 and 0.1, alike, so both stay. Column 2 has nothing off the diagonal.
+    matrix = np.array([[0.65, 0.1, 0.0], [0.3, 0.8, 0.0], [0.05, 0.1, 1.0]])
+    np.testing.assert_allclose(
+        study.pruned(matrix, 0.25), [[0.65 / 0.95, 0.1, 0.0], [0.3 / 0.95, 0.8, 0.0], [0.0, 0.1, 1.0]]
+    )
+    np.testing.assert_array_equal(study.pruned(matrix, 0.0), matrix)  # r 0: the rule's own T̂
+    # With c 0.9 column 0 (0.3 of 0.35 off-diagonal, 0.86) is not concentrated enough and stays whole.
+    np.testing.assert_array_equal(study.pruned(matrix, 0.25, 0.9), matrix)
+    np.testing.assert_allclose(study.pruned(matrix, 0.25, 0.8), study.pruned(matrix, 0.25))
+
+
 def test_noise_matrix_estimators_on_hand_cases() -> None:
     study = _benchmark_module("noise_matrix_sources")
     # 6 samples, 2 classes, N/C = 3: at share 2/3 each column reads the given labels of its 2 surest samples.
