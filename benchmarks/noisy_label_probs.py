@@ -22,9 +22,10 @@ Fashion-MNIST tuning slice (`benchmarks/tuning_slice.py`), never the benchmark's
     uv run python benchmarks/noisy_label_probs.py --data /tmp/fm-tune/manifest.csv --noise sym50,asym40,sym80
 
 Each run also decides with `noisy_labels` under other noise matrices in place of confident learning's T̂,
-to see how much a better estimate could give (``estimators`` in the JSON, the second table): the anchor-point
-estimate (Patrini et al., CVPR 2017: column j is the predicted distribution of the sample at the 97th
-percentile of p_j) and the injected matrix, which no real run knows.
+to see how much a better estimate could give (``estimators`` in the JSON, the second table): T̂ pruned as in
+`pruned_noise_matrix.LEAD` (a column whose largest source holds half its noise keeps only that source), the
+anchor-point estimate (Patrini et al., CVPR 2017: column j is the predicted distribution of the sample at the
+97th percentile of p_j) and the injected matrix, which no real run knows.
 
 `--runs` instead reads kept runs of `quality.py --work W` (the `grip` preset: warm-up CE, then GRIP, no
 SSL epoch) and decides on the probabilities the `purify` stage read there (`purified/labels.npz`'s
@@ -48,7 +49,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks import cleanlab_peer  # noqa: E402
+from benchmarks import cleanlab_peer, pruned_noise_matrix  # noqa: E402
 from benchmarks.quality import NOISE  # noqa: E402
 from labelsieve.atomic import write_json, write_text  # noqa: E402
 from labelsieve.config import Params, load_params  # noqa: E402
@@ -69,7 +70,7 @@ DIGITS_NOISE = {
     ],
 }
 VARIANTS = ("noisy_labels", "robust", "cleanlab")
-ESTIMATORS = ("confident_learning", "anchor_97", "injected")
+ESTIMATORS = ("confident_learning", "pruned", "anchor_97", "injected")
 ANCHOR_PERCENTILE = 97.0
 RESULTS = REPO / "benchmarks" / "results" / "noisy_label_probs.json"
 
@@ -151,8 +152,10 @@ def anchor_matrix(probs: np.ndarray, percentile: float = ANCHOR_PERCENTILE) -> n
 def estimator_figures(given: np.ndarray, truth: np.ndarray, probs: np.ndarray) -> dict[str, dict[str, float]]:
     """Per matrix of `ESTIMATORS`: the `noisy_labels` rule's figures with it, and its MAE to the truth."""
     injected = noise_matrix(truth, given, probs.shape[1])
+    estimated = confident.estimate(given, probs).noise_matrix
     matrices = {
-        "confident_learning": confident.estimate(given, probs).noise_matrix,
+        "confident_learning": estimated,
+        "pruned": pruned_noise_matrix.pruned(estimated, *pruned_noise_matrix.LEAD),
         "anchor_97": anchor_matrix(probs),
         "injected": injected,
     }
@@ -212,8 +215,10 @@ def table(runs: list[dict[str, Any]]) -> str:
         ]
         if not group:
             continue
-        cols = [
+        cols = [  # an estimator added after a run was kept has no figures for it
             " / ".join(f"{np.mean([g[e][k] for g in group]):.3f}" for k in ("f1", "auroc", "mae"))
+            if all(e in g for g in group)
+            else ""
             for e in ESTIMATORS
         ]
         name = Path(data).parent.name if data != "digits" else data

@@ -32,6 +32,8 @@ from labelsieve.maths.noise import noise_matrix
 
 RATIOS = (0.0, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
 # (ratio, concentration): pruning only in the columns whose noise goes mostly to one class.
+# The grid's plateau (docs/purification_studies.md): where one source holds half a column's noise, only it.
+LEAD = (0.9, 0.5)
 CONCENTRATED = (
     *((ratio, 0.5) for ratio in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)),
     *((0.5, concentration) for concentration in (0.4, 0.6, 0.7)),
