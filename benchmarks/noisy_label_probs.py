@@ -49,7 +49,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks import cleanlab_peer, pruned_noise_matrix  # noqa: E402
+from benchmarks import cleanlab_peer  # noqa: E402
 from benchmarks.quality import NOISE  # noqa: E402
 from labelsieve.atomic import write_json, write_text  # noqa: E402
 from labelsieve.config import Params, load_params  # noqa: E402
@@ -151,6 +151,8 @@ def anchor_matrix(probs: np.ndarray, percentile: float = ANCHOR_PERCENTILE) -> n
 
 def estimator_figures(given: np.ndarray, truth: np.ndarray, probs: np.ndarray) -> dict[str, dict[str, float]]:
     """Per matrix of `ESTIMATORS`: the `noisy_labels` rule's figures with it, and its MAE to the truth."""
+    from benchmarks import pruned_noise_matrix  # here: it imports flip_scoring, which imports this module
+
     injected = noise_matrix(truth, given, probs.shape[1])
     estimated = confident.estimate(given, probs).noise_matrix
     matrices = {
