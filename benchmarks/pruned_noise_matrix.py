@@ -31,9 +31,9 @@ from labelsieve.maths import confident, purification
 from labelsieve.maths.noise import noise_matrix
 
 RATIOS = (0.0, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
-# (ratio, concentration): pruning only in the columns whose noise goes mostly to one class.
 # The grid's plateau (docs/purification_studies.md): where one source holds half a column's noise, only it.
 LEAD = (0.9, 0.5)
+# (ratio, concentration): pruning only in the columns whose noise goes mostly to one class.
 CONCENTRATED = (
     *((ratio, 0.5) for ratio in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)),
     *((0.5, concentration) for concentration in (0.4, 0.6, 0.7)),
@@ -53,7 +53,7 @@ def pruned(matrix: np.ndarray, ratio: float, concentration: float = 0.0) -> np.n
 
 
 def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
-    """The rule under every ratio of `RATIOS` on one finished run."""
+    """The rule under every variant (`RATIOS`, then `CONCENTRATED`) on one finished run."""
     given, truth, final, averaged, _ = purify_ceiling.load_run(run, dataset, params_file)
     injected = noise_matrix(truth, given, final.shape[1])
     on_final = confident.estimate(given, final).noise_matrix
@@ -63,8 +63,9 @@ def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
     results = {}
     for name, (ratio, c) in variants.items():
         wrong = purification.posterior(given, final, pruned(on_final, ratio, c)).wrong
-        relabel = purification.posterior(given, averaged, pruned(on_average, ratio, c))
-        mae = float(np.abs(pruned(on_average, ratio, c) - injected).mean())
+        relabel_matrix = pruned(on_average, ratio, c)
+        relabel = purification.posterior(given, averaged, relabel_matrix)
+        mae = float(np.abs(relabel_matrix - injected).mean())
         results[name] = retrained_flags.flagged_by(given, truth, relabel, wrong) | {"mae": mae}
     return results
 
