@@ -6,7 +6,11 @@ This is both the `purify` stage's rule and the in-memory API for people who alre
 1. Confident learning on probabilities that did not simply memorise the given labels (`pred_probs`: the
    stage averages the co-trained networks' predictions over training with their final ones; a user may
    pass out-of-sample ones) estimates the noise matrix T̂[i, j] = P(ỹ = i | y* = j)
-   (`labelsieve.maths.confident`).
+   (`labelsieve.maths.confident`). Confident learning also counts the networks' own confusions (a clean
+   Shirt called T-shirt) as label noise, so T̂ holds small spurious off-diagonal entries. A column whose
+   largest off-diagonal entry holds at least half of the column's off-diagonal mass (`FLIP_SHARE`) is read
+   as one flip, as under a class swap: it keeps only that entry and its diagonal, renormalised
+   (`single_flips`). Columns of spread noise (symmetric, instance-dependent) are left as they are.
 2. The belief about the true class, P(y* | x). Probabilities from noise-robust training (the co-trained
    networks; `probs_from="robust"`) are used as they are. A model fitted to the given labels with a plain
    loss (k-fold cross-validation, cleanlab's setting; `probs_from="noisy_labels"`) learns the noisy
@@ -37,7 +41,7 @@ tuning slice (docs/purification.md).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -53,9 +57,13 @@ PROBS_FROM = ("noisy_labels", "robust")
 # Raised whenever a change to the rule changes its decisions: benchmarks/quality.py keys its runs by it.
 # 2: relabel by the posterior's top class when it is right with probability above 1 − τ.
 # 3: the stage flags by the final networks' posterior (`flag_probs`), relabels by the averaged one.
-RULE_VERSION = 3
-# Rule 3 changed only the runs with training dynamics (SSL epochs); without them the rule is still rule 2's.
-RULE_VERSION_WITHOUT_DYNAMICS = 2
+# 4: T̂'s one-flip columns keep only their flip (`single_flips`).
+RULE_VERSION = 4
+# Rule 3 changed only the runs with training dynamics (SSL epochs); rule 4 changed both kinds (2, then 4).
+RULE_VERSION_WITHOUT_DYNAMICS = 4
+# A column of T̂ whose largest off-diagonal entry holds at least this share of the column's off-diagonal
+# mass is one flip plus confusions (step 1; chosen on the tuning slices and digits, docs/purification.md).
+FLIP_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,31 @@ class Posterior(NamedTuple):
     wrong: np.ndarray  # (N,) float64: P(y* ≠ ỹ | x, ỹ)
     best: np.ndarray  # (N,) int64: ŷ = argmax_j P(y* = j | x, ỹ)
     best_prob: np.ndarray  # (N,) float64: P(y* = ŷ | x, ỹ)
+
+
+def single_flips(estimate: confident.NoiseEstimate) -> confident.NoiseEstimate:
+    """`estimate` with each one-flip column of T̂ cut to its diagonal and largest off-diagonal entry (ties
+    kept) and renormalised; the joint Q[i, j] = T̂[i, j] P(y* = j) and the noise rates follow from it.
+
+    A column is one flip when its largest off-diagonal entry holds at least `FLIP_SHARE` of its
+    off-diagonal mass. A column with no off-diagonal mass, or none at all (a class with no sample), is
+    unchanged; where nothing is cut, `estimate` itself is returned. The thresholds, the confident joint,
+    the prior and the label counts stay confident learning's.
+    """
+    matrix = estimate.noise_matrix
+    diagonal = np.eye(len(matrix), dtype=bool)
+    off = np.where(diagonal, 0.0, matrix)
+    largest, mass = off.max(axis=0), off.sum(axis=0)
+    one_flip = (mass > 0) & (largest >= FLIP_SHARE * mass)
+    kept = np.where(diagonal | (off >= largest[None, :]) | ~one_flip[None, :], matrix, 0.0)
+    if np.array_equal(kept, matrix):  # nothing cut: confident learning's estimate, bit for bit
+        return estimate
+    total = kept.sum(axis=0, keepdims=True)
+    matrix = np.divide(kept, total, out=np.zeros_like(kept), where=total > 0)
+    joint = matrix * estimate.prior[None, :]
+    given = joint.sum(axis=1)
+    clean_share = np.divide(np.diagonal(joint), given, out=np.ones(len(given)), where=given > 0)
+    return replace(estimate, noise_matrix=matrix, joint=joint, noise_rates=1.0 - clean_share)
 
 
 def margins(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
@@ -217,7 +250,7 @@ def find_label_issues(
     Returns:
         `Purification`; its scores: ``noise_score`` (P(y* ≠ ỹ | x, ỹ), from `flag_probs` when given),
         ``self_confidence`` (p_ỹ of `pred_probs`), ``predicted`` (ŷ, the posterior's top class) and
-        ``confidence`` (P(y* = ŷ | x, ỹ)). `noise` is `pred_probs`' estimate.
+        ``confidence`` (P(y* = ŷ | x, ỹ)). `noise` is `pred_probs`' estimate (step 1: one-flip columns cut).
     """
     if probs_from not in PROBS_FROM:
         raise ValueError(f"probs_from must be one of {', '.join(PROBS_FROM)}; got {probs_from!r}")
@@ -244,9 +277,10 @@ def find_label_issues(
 def estimate_and_posterior(
     labels: np.ndarray, probs: np.ndarray, probs_from: str, name: str = "probs"
 ) -> tuple[confident.NoiseEstimate, bool, Posterior]:
-    """Steps 1 to 3 on one set of probabilities: the noise estimate, whether the belief was unmixed, and the
-    posterior (`probs_from` as in `find_label_issues`; `name` is what errors call the probabilities)."""
-    noise = confident.estimate(labels, probs, name)  # refuses bad labels and probabilities first
+    """Steps 1 to 3 on one set of probabilities: the noise estimate (`single_flips` of confident learning's),
+    whether the belief was unmixed, and the posterior (`probs_from` as in `find_label_issues`; `name` is
+    what errors call the probabilities)."""
+    noise = single_flips(confident.estimate(labels, probs, name))  # refuses bad labels and probabilities
     labels, probs = np.asarray(labels).astype(np.int64), np.asarray(probs)  # lists work as arrays do
     unmixed = probs_from == "noisy_labels" and identifiable(noise.noise_matrix)
     belief = unmix(probs, noise.noise_matrix) if unmixed else probs

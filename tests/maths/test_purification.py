@@ -1,5 +1,7 @@
 """The purify rule (`labelsieve.maths.purification`): hand-computed cases and a float64 reference."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -18,6 +20,7 @@ from labelsieve.maths.purification import (
     identifiable,
     margins,
     posterior,
+    single_flips,
     unmix,
 )
 from labelsieve.stages import purify as purify_stage
@@ -60,6 +63,64 @@ def test_hand_case_posteriors_flags_and_relabels():
     assert labelsieve.find_label_issues is find_label_issues  # the package's API is the stage's rule
 
 
+def one_flip_reference(matrix: np.ndarray) -> np.ndarray:
+    """Step 1's cut, column by column in plain loops: where the largest off-diagonal entry holds at least
+    half of the column's off-diagonal mass, each smaller off-diagonal entry is cut and the column rescaled."""
+    out = np.array(matrix, dtype=np.float64)
+    for j in range(out.shape[1]):
+        off = [out[i, j] for i in range(out.shape[0]) if i != j]
+        if sum(off) > 0 and max(off) >= 0.5 * sum(off):
+            for i in range(out.shape[0]):
+                if i != j and out[i, j] < max(off):
+                    out[i, j] = 0.0
+            out[:, j] /= out[:, j].sum()
+    return out
+
+
+def test_single_flips_cut_the_confusions_of_one_flip_columns_by_hand():
+    # Column 0: off-diagonal (0.3, 0.05, 0.05), 0.3 ≥ half of 0.4: one flip, (0.6, 0.3) / 0.9.
+    # Column 1: (0.1, 0.1, 0.1), 0.1 < 0.15: spread noise, unchanged. Column 2: no noise, unchanged.
+    # Column 3: (0.1, 0.1, 0), a tie at half the mass: both kept, unchanged.
+    matrix = np.array(
+        [[0.6, 0.1, 0.0, 0.1], [0.3, 0.7, 0.0, 0.1], [0.05, 0.1, 1.0, 0.0], [0.05, 0.1, 0.0, 0.8]]
+    )
+    cut = np.array(
+        [[2 / 3, 0.1, 0.0, 0.1], [1 / 3, 0.7, 0.0, 0.1], [0.0, 0.1, 1.0, 0.0], [0.0, 0.1, 0.0, 0.8]]
+    )
+    estimate = confident.NoiseEstimate(
+        thresholds=np.full(4, 0.5),
+        confident_joint=np.eye(4, dtype=np.int64),
+        joint=matrix / 4,
+        noise_matrix=matrix,
+        prior=np.full(4, 0.25),
+        noise_rates=np.zeros(4),
+        label_counts=np.full(4, 10),
+    )
+    result = single_flips(estimate)
+    np.testing.assert_allclose(result.noise_matrix, cut)
+    np.testing.assert_allclose(result.noise_matrix, one_flip_reference(matrix))
+    np.testing.assert_allclose(result.joint, cut / 4)
+    # Given class i's noise rate 1 − Q[i, i] / Σ_j Q[i, j]; uniform prior: 1 − T[i, i] / Σ_j T[i, j].
+    np.testing.assert_allclose(result.noise_rates, [3 / 13, 13 / 34, 1 / 11, 1 / 9])
+    assert result.prior is estimate.prior and result.confident_joint is estimate.confident_joint
+    # An empty column (a class with no sample) stays empty.
+    empty = single_flips(
+        confident.NoiseEstimate(
+            estimate.thresholds,
+            estimate.confident_joint,
+            estimate.joint,
+            np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 0.2], [0.0, 0.0, 0.8]]),
+            np.array([0.5, 0.0, 0.5]),
+            np.zeros(3),
+            np.full(3, 10),
+        )
+    )
+    np.testing.assert_array_equal(empty.noise_matrix[:, 1], 0.0)
+    spread = np.full((3, 3), 0.1) + np.diag([0.7] * 3)  # every column's noise split evenly: nothing cut
+    uncut = dataclasses.replace(estimate, noise_matrix=spread)
+    assert single_flips(uncut) is uncut
+
+
 def test_flag_probs_flag_by_their_own_posterior_and_pred_probs_pick_and_gate_the_relabel():
     rng = np.random.default_rng(0)
     given = np.repeat(np.arange(3), 20)
@@ -67,7 +128,7 @@ def test_flag_probs_flag_by_their_own_posterior_and_pred_probs_pick_and_gate_the
     result = find_label_issues(given, averaged, probs_from="robust", flag_probs=final)
 
     def bayes(probs: np.ndarray) -> np.ndarray:  # P(y* = j | x, ỹ) ∝ p_j T̂[ỹ, j], float64, each its own T̂
-        joint = probs * confident.estimate(given, probs).noise_matrix[given]
+        joint = probs * one_flip_reference(confident.estimate(given, probs).noise_matrix)[given]
         return joint / joint.sum(axis=1, keepdims=True)
 
     wrong = 1.0 - bayes(final)[np.arange(60), given]
@@ -79,7 +140,9 @@ def test_flag_probs_flag_by_their_own_posterior_and_pred_probs_pick_and_gate_the
     np.testing.assert_allclose(result.scores["noise_score"], wrong, atol=1e-12)
     assert result.decision.tolist() == np.where(flagged, np.where(relabel, RELABEL, DROP), KEEP).tolist()
     assert result.new_labels.tolist() == np.where(flagged, np.where(relabel, best, -1), given).tolist()
-    np.testing.assert_allclose(result.noise.noise_matrix, confident.estimate(given, averaged).noise_matrix)
+    np.testing.assert_allclose(
+        result.noise.noise_matrix, one_flip_reference(confident.estimate(given, averaged).noise_matrix)
+    )
     # The flags differ from the averaged posterior's own, so the test tells the two rules apart.
     assert (
         find_label_issues(given, averaged, probs_from="robust").decision.tolist() != result.decision.tolist()
