@@ -1,14 +1,18 @@
 """How much of the flags' error is the noise-matrix estimate? The stage's posterior under other matrices.
 
 `purify` flags by the final co-trained networks' posterior, P(y* = j | x, ỹ) ∝ p_j T̂[ỹ, j], with T̂ estimated
-by confident learning on the same prediction (docs/purification.md, rule 3). A network's own confusions enter
-T̂ as if they were label noise. For each kept `quality.py --work` run this keeps the final networks' p and
-swaps T̂, relabelling always by the stage's average with the training dynamics (`retrained_flags.flagged_by`):
-- ``stage``: confident learning on the final networks' prediction (what `purify` does);
+by confident learning on the same prediction, its one-flip columns cut (docs/purification.md, rules 3 and
+4). A network's own confusions enter confident learning's T̂ as if they were label noise. For each kept
+`quality.py --work` run this keeps the final networks' p and swaps T̂, relabelling always by the stage's
+average with the training dynamics (`retrained_flags.flagged_by`):
+- ``stage``: confident learning on the final networks' prediction, its one-flip columns cut
+  (`purification.single_flips`; what `purify` does since rule 4);
+- ``confident_learning``: the same, uncut (what `purify` did under rule 3, the ``stage`` row of the results
+  from before rule 4);
 - ``injected``: the matrix of the injected noise, which no real run knows (the ceiling of any estimate);
 - ``confident_top``: column j the given labels of the round(0.3 N / C) samples with the highest p_j;
-- ``fixed_point``: Bayes' rule iterated from the stage's T̂, each column re-estimated from the posterior
-  (20 rounds);
+- ``fixed_point``: Bayes' rule iterated from confident learning's T̂, each column re-estimated from the
+  posterior (20 rounds);
 - ``head``: confident learning on a linear head cross-fitted on the networks' features to the given labels
   (`feature_head_flags.out_of_fold_head`);
 - ``retrained``: confident learning on the network `retrain` leaves (runs with ``model/`` only; it trains
@@ -80,13 +84,14 @@ def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
     classes = final.shape[1]
     networks = loop.load_networks(run / "ssl", params, data, torch.device("cpu"))
     head = out_of_fold_head(features(networks, data).double().numpy(), given, classes)
-    stage = confident.estimate(given, final).noise_matrix
+    estimated = confident.estimate(given, final)
     injected = noise_matrix(truth, given, classes)
     matrices = {
-        "stage": stage,
+        "stage": purification.single_flips(estimated).noise_matrix,
+        "confident_learning": estimated.noise_matrix,
         "injected": injected,
         "confident_top": confident_top(given, final),
-        "fixed_point": fixed_point(given, final, stage),
+        "fixed_point": fixed_point(given, final, estimated.noise_matrix),
         "head": confident.estimate(given, head).noise_matrix,
     }
     if (run / "model").is_dir():

@@ -23,9 +23,11 @@ Fashion-MNIST tuning slice (`benchmarks/tuning_slice.py`), never the benchmark's
 
 Each run also decides with `noisy_labels` under other noise matrices in place of confident learning's T̂,
 to see how much a better estimate could give (``estimators`` in the JSON, the second table): T̂ pruned as in
-`pruned_noise_matrix.LEAD` (a column whose largest source holds half its noise keeps only that source), the
+`pruned_noise_matrix.RULE_4` (a column whose largest source holds half its noise keeps only that source), the
 anchor-point estimate (Patrini et al., CVPR 2017: column j is the predicted distribution of the sample at the
-97th percentile of p_j) and the injected matrix, which no real run knows.
+97th percentile of p_j) and the injected matrix, which no real run knows. Since rule 4 the variants' own rule
+cuts T̂ the same way (`purification.single_flips`), so ``noisy_labels`` decides as the ``pruned`` estimator
+does; `benchmarks/results/noisy_label_probs*.md` predate rule 4.
 
 `--runs` instead reads kept runs of `quality.py --work W` (the `grip` preset: warm-up CE, then GRIP, no
 SSL epoch) and decides on the probabilities the `purify` stage read there (`purified/labels.npz`'s
@@ -157,7 +159,7 @@ def estimator_figures(given: np.ndarray, truth: np.ndarray, probs: np.ndarray) -
     estimated = confident.estimate(given, probs).noise_matrix
     matrices = {
         "confident_learning": estimated,
-        "pruned": pruned_noise_matrix.pruned(estimated, *pruned_noise_matrix.LEAD),
+        "pruned": pruned_noise_matrix.pruned(estimated, *pruned_noise_matrix.RULE_4),
         "anchor_97": anchor_matrix(probs),
         "injected": injected,
     }

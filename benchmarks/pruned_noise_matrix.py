@@ -1,5 +1,8 @@
 """T̂ with its small off-diagonal entries pruned: does it tell a flip from a confusion? Measured on kept runs.
 
+The study behind rule 4 of the purify rule (`purification.single_flips`, docs/purification.md, "One flip per
+column: telling a flip from a confusion"); its ``r 0`` row is rule 3, confident learning's T̂ uncut.
+
 Confident learning counts the networks' own confusions (a clean Shirt called T-shirt) as label noise, so
 T̂ holds small off-diagonal entries where the injected matrix has none (docs/purification_studies.md,
 "A second tuning slice"). Under a class swap the swap's entry dwarfs them; under symmetric noise the entries
@@ -31,8 +34,9 @@ from labelsieve.maths import confident, purification
 from labelsieve.maths.noise import noise_matrix
 
 RATIOS = (0.0, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
-# The grid's plateau (docs/purification_studies.md): where one source holds half a column's noise, only it.
-LEAD = (0.9, 0.5)
+# The grid's plateau (docs/purification_studies.md), adopted as rule 4: where one source holds half a column's
+# noise, only it (`purification.single_flips` keeps the largest entry alone, as every r from 0.6 to 0.9 did).
+RULE_4 = (0.9, 0.5)
 # (ratio, concentration): pruning only in the columns whose noise goes mostly to one class.
 CONCENTRATED = (
     *((ratio, 0.5) for ratio in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)),

@@ -7,7 +7,7 @@ Benchmarks). `purify` runs before it, so its flags come from the co-trained netw
 prediction passes of the final co-trained networks and of the retrained network on the training images and
 runs the stage's rule (`purification.find_label_issues`, τ = `WRONG_THRESHOLD`, the noise matrix estimated
 again), relabelling always by the stage's average with the training dynamics, and flagging by:
-- ``stage``: the final co-trained networks (what `purify` does, rule 3);
+- ``stage``: the final co-trained networks (what `purify` does, rules 3 and 4);
 - ``retrained``: the retrained network alone;
 - ``mean``: the mean of the two predictions;
 - ``retrained_unmixed``: the retrained network read as a model fitted to the given labels (it fine-tunes on

@@ -1,14 +1,17 @@
-"""What rule 3 of the purify rule changed on the same networks: flags by the final prediction or the average.
+"""What the purify rule's changes did on the same networks: rules 2, 3 and 4 on kept runs.
 
-Since rule 3 (`purification.RULE_VERSION`), `purify` flags a sample by the posterior of the co-trained
-networks' final prediction alone, and relabels or drops it by the posterior of that prediction averaged
-with the training dynamics; before, the average did both (docs/purification.md, "Flags from the final
-networks, relabels from the average"). For each kept `quality.py --work` run with training dynamics this
-redoes the final prediction pass and reports both rules' detection figures against the training-set truth:
-- ``rule 2``: flags, relabels and drops by the average;
-- ``rule 3``: the stage's rule now (its figures equal the run's own where the final networks are
+- ``rule 2``: flags, relabels and drops by the posterior of the final prediction averaged with the training
+  dynamics, each posterior through confident learning's T̂ as estimated;
+- ``rule 3``: flags by the posterior of the co-trained networks' final prediction alone, relabels by the
+  average's (docs/purification.md, "Flags from the final networks, relabels from the average");
+- ``rule 4``: rule 3 with each T̂'s one-flip columns cut to their flip (`purification.single_flips`;
+  docs/purification.md, "One flip per column: telling a flip from a confusion"). It is the stage's rule now
+  (`purification.find_label_issues`; its figures equal the run's own where the final networks are
   `ssl_train`'s and its last epoch is no recalibration, as in every preset but `smr_cifar10`).
-The rule was chosen on the tuning slice and digits; run this on the benchmark's runs only to report it.
+For each kept `quality.py --work` run with training dynamics this redoes the final prediction pass and
+reports each rule's detection figures against the training-set truth. The rules were chosen on the tuning
+slices and digits; run this on the benchmark's runs only to report them. `benchmarks/results/rule_change.md`
+(stop 51) predates rule 4 and has rules 2 and 3 only.
 
     uv run python benchmarks/rule_change.py /var/tmp/bw/ls --out benchmarks/results/rule_change_inst40.json
 """
@@ -19,21 +22,40 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import purify_ceiling  # noqa: E402
-from benchmarks.flip_scoring import figures  # noqa: E402
+from benchmarks.flip_scoring import decision_figures, figures  # noqa: E402
+from labelsieve.maths import confident, purification  # noqa: E402
 
 FIELDS = ("precision", "recall", "f1", "auroc", "relabel_accuracy", "noise_left")
 
 
+def uncut_figures(
+    given: np.ndarray, truth: np.ndarray, averaged: np.ndarray, flag_probs: np.ndarray
+) -> dict[str, float | None]:
+    """The rule before rule 4: each posterior through confident learning's T̂ as estimated, no column cut."""
+
+    def post(probs: np.ndarray) -> purification.Posterior:
+        return purification.posterior(given, probs, confident.estimate(given, probs).noise_matrix)
+
+    relabel, wrong = post(averaged), post(flag_probs).wrong
+    decision, new_labels = purification.decide(
+        given, wrong, relabel.best, relabel.best_prob, purification.WRONG_THRESHOLD
+    )
+    return decision_figures(given, truth, decision, new_labels, wrong)
+
+
 def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
-    """Both rules' figures on one finished run."""
+    """Each rule's figures on one finished run."""
     kept = purify_ceiling.load_run(run, dataset, params_file)
     return {
-        "rule 2": figures(kept.given, kept.truth, kept.averaged),
-        "rule 3": figures(kept.given, kept.truth, kept.averaged, kept.final),
+        "rule 2": uncut_figures(kept.given, kept.truth, kept.averaged, kept.averaged),
+        "rule 3": uncut_figures(kept.given, kept.truth, kept.averaged, kept.final),
+        "rule 4": figures(kept.given, kept.truth, kept.averaged, kept.final),
     }
 
 

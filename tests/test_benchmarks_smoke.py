@@ -224,10 +224,11 @@ def test_kept_run_studies_reproduce_the_kept_run_under_the_stage_rule(tmp_path: 
     subprocess.run([*command, *run], check=True, capture_output=True)
     saved = json.loads((out / "sym50-labelsieve.json").read_text())["detection"]
     result, study = _kept_run_study("rule_change", work, tmp_path)
-    assert set(result) == {"rule 2", "rule 3"}
+    assert set(result) == {"rule 2", "rule 3", "rule 4"}
     for key in ("f1", "auroc", "relabel_accuracy"):
-        assert result["rule 3"][key] == saved[key]  # the stage's rule on the kept networks: the run's own
-        assert result["rule 2"][key] is None or 0.0 <= result["rule 2"][key] <= 1.0
+        assert result["rule 4"][key] == saved[key]  # the stage's rule on the kept networks: the run's own
+        for rule in ("rule 2", "rule 3"):
+            assert result[rule][key] is None or 0.0 <= result[rule][key] <= 1.0
     assert "| work/sym50-labelsieve | rule 2 |" in study.with_suffix(".md").read_text()
     sources, flags = _kept_run_study("retrained_flags", work, tmp_path)
     assert list(sources) == ["stage", "retrained", "mean", "retrained_unmixed", "mean_unmixed"]
@@ -251,7 +252,15 @@ def test_kept_run_studies_reproduce_the_kept_run_under_the_stage_rule(tmp_path: 
     assert sources["head"]["train_acc"] == sources["head_unmixed"]["train_acc"]  # the same head
     assert 0.0 <= sources["head"]["train_acc"] <= 1.0
     sources, _ = _kept_run_study("noise_matrix_sources", work, tmp_path)
-    assert list(sources) == ["stage", "injected", "confident_top", "fixed_point", "head", "retrained"]
+    assert list(sources) == [
+        "stage",
+        "confident_learning",
+        "injected",
+        "confident_top",
+        "fixed_point",
+        "head",
+        "retrained",
+    ]
     for key in (
         "f1",
         "auroc",

@@ -35,8 +35,8 @@ This is both the `purify` stage's rule and the in-memory API for people who alre
    probability below τ. A flagged sample's own label has P(y* = ỹ | x, ỹ) ≤ 1 − τ, so ŷ ≠ ỹ whenever
    the gate passes.
 
-The only constant is τ, a probability with a decision-theoretic meaning, chosen on the Fashion-MNIST
-tuning slice (docs/purification.md).
+The constants are τ, a probability with a decision-theoretic meaning, and the one-flip share of step 1,
+both chosen on the Fashion-MNIST tuning slices and digits (docs/purification.md).
 """
 
 from __future__ import annotations
