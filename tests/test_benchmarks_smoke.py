@@ -25,6 +25,7 @@ from labelsieve.engine import loop
 from labelsieve.engine.resident import TrainingData
 from labelsieve.maths import confident
 from labelsieve.maths.dynamics import TrainingDynamics
+from labelsieve.maths.purification import WRONG_THRESHOLD
 from labelsieve.models import build_model
 from labelsieve.stages import STAGES, co_divide
 
@@ -230,6 +231,12 @@ def test_kept_run_studies_reproduce_the_kept_run_under_the_stage_rule(tmp_path: 
         for rule in ("rule 2", "rule 3"):
             assert result[rule][key] is None or 0.0 <= result[rule][key] <= 1.0
     assert "| work/sym50-labelsieve | rule 2 |" in study.with_suffix(".md").read_text()
+    taus, _ = _kept_run_study("flag_threshold", work, tmp_path)
+    assert f"τ {WRONG_THRESHOLD}" in taus
+    for key in ("f1", "auroc", "relabel_accuracy"):
+        assert taus[f"τ {WRONG_THRESHOLD}"][key] == saved[key]  # the stage's τ: the run's own decisions
+    flagged = [taus[name]["flagged"] for name in taus]
+    assert flagged == sorted(flagged, reverse=True) and flagged[0] > flagged[-1]  # a higher τ flags fewer
     sources, flags = _kept_run_study("retrained_flags", work, tmp_path)
     assert list(sources) == ["stage", "retrained", "mean", "retrained_unmixed", "mean_unmixed"]
     for key in ("f1", "auroc", "relabel_accuracy"):
