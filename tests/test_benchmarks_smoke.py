@@ -225,10 +225,10 @@ def test_kept_run_studies_reproduce_the_kept_run_under_the_stage_rule(tmp_path: 
     subprocess.run([*command, *run], check=True, capture_output=True)
     saved = json.loads((out / "sym50-labelsieve.json").read_text())["detection"]
     result, study = _kept_run_study("rule_change", work, tmp_path)
-    assert set(result) == {"rule 2", "rule 3", "rule 4"}
+    assert set(result) == {"rule 2", "rule 3", "rule 4", "rule 5"}
     for key in ("f1", "auroc", "relabel_accuracy"):
-        assert result["rule 4"][key] == saved[key]  # the stage's rule on the kept networks: the run's own
-        for rule in ("rule 2", "rule 3"):
+        assert result["rule 5"][key] == saved[key]  # the stage's rule on the kept networks: the run's own
+        for rule in ("rule 2", "rule 3", "rule 4"):
             assert result[rule][key] is None or 0.0 <= result[rule][key] <= 1.0
     assert "| work/sym50-labelsieve | rule 2 |" in study.with_suffix(".md").read_text()
     taus, _ = _kept_run_study("flag_threshold", work, tmp_path)

@@ -29,7 +29,10 @@ This is both the `purify` stage's rule and the in-memory API for people who alre
    Given `flag_probs`, the score is steps 1 to 3 run on them instead (their own T̂), while `pred_probs`'
    posterior still picks and gates the relabel (step 5). The stage flags by the final networks alone and
    relabels by their average with the training dynamics: the late networks flag more precisely, the early
-   divisions keep a swapped sample from being relabelled to its swap partner.
+   divisions keep a swapped sample from being relabelled to its swap partner. Robust `flag_probs` are read
+   both ways (`two_readings`): noise-robust training still fits part of the noise (co-divide keeps some
+   wrong labels in its labeled set), so the flag score is the mean of their posterior read as P(y* | x)
+   and read, unmixed, as a noisy-label model's P(ỹ | x).
 5. A flagged sample is relabelled to the posterior's top class ŷ when P(y* = ŷ | x, ỹ) > 1 − τ, else
    dropped. The same τ then bounds every label the dataset keeps or gives: each is wrong with posterior
    probability below τ. A flagged sample's own label has P(y* = ỹ | x, ỹ) ≤ 1 − τ, so ŷ ≠ ỹ whenever
@@ -57,9 +60,10 @@ PROBS_FROM = ("noisy_labels", "robust")
 # Raised whenever a change to the rule changes its decisions: benchmarks/quality.py keys its runs by it.
 # 2: relabel by the posterior's top class when it is right with probability above 1 − τ.
 # 3: the stage flags by the final networks' posterior (`flag_probs`), relabels by the averaged one.
-# 4: T̂'s one-flip columns keep only their flip (`single_flips`).
-RULE_VERSION = 4
-# Rule 3 changed only the runs with training dynamics (SSL epochs); rule 4 changed both kinds (2, then 4).
+# 4: T̂'s one-flip columns keep only their flip (`single_flips`). 5: robust `flag_probs` flag by the mean of
+# their two readings (`two_readings`).
+RULE_VERSION = 5
+# Rules 3 and 5 changed only the runs with training dynamics (SSL epochs); rule 4 changed both kinds.
 RULE_VERSION_WITHOUT_DYNAMICS = 4
 # A column of T̂ whose largest off-diagonal entry holds at least this share of the column's off-diagonal
 # mass is one flip plus confusions (step 1; chosen on the tuning slices and digits, docs/purification.md).
@@ -183,6 +187,21 @@ def posterior_rows(labels: np.ndarray, probs: np.ndarray, noise_matrix: np.ndarr
     return joint
 
 
+def two_readings(labels: np.ndarray, probs: np.ndarray, noise_matrix: np.ndarray) -> np.ndarray:
+    """(N,) P(y* ≠ ỹ | x, ỹ) averaged over two readings of `probs`: as the belief P(y* | x), and as a
+    noisy-label model's P(ỹ | x), unmixed through `noise_matrix` where it is `identifiable` (else the two
+    readings agree).
+
+    The mean weighs neither reading more: co-trained networks are trained to be robust but still fit part
+    of the noise. Unmixing clips beliefs at 0, which ties many posteriors at 0 or 1; the mean keeps the
+    robust reading's order among them.
+    """
+    robust = posterior(labels, probs, noise_matrix).wrong
+    if not identifiable(noise_matrix):
+        return robust
+    return (robust + posterior(labels, unmix(probs, noise_matrix), noise_matrix).wrong) / 2.0
+
+
 def flag_top(score: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """(N,) bool: in each given class i, the `counts[i]` samples with the highest `score` (ties by index)."""
     flagged = np.zeros(len(labels), dtype=bool)
@@ -245,28 +264,35 @@ def find_label_issues(
             `pred_probs` (k-fold cross-validation); ``robust`` when noise-robust training made them (the
             `purify` stage's co-trained networks). Step 2 of the module docstring.
         flag_probs: optional (N, C) probabilities, of the same kind, whose posterior (with their own
-            noise estimate) scores and flags instead (step 4; the stage: the final networks alone).
+            noise estimate) scores and flags instead (step 4; the stage: the final networks alone). Robust
+            ones flag by the mean of their two readings (`two_readings`).
 
     Returns:
-        `Purification`; its scores: ``noise_score`` (P(y* ≠ ỹ | x, ỹ), from `flag_probs` when given),
-        ``self_confidence`` (p_ỹ of `pred_probs`), ``predicted`` (ŷ, the posterior's top class) and
-        ``confidence`` (P(y* = ŷ | x, ỹ)). `noise` is `pred_probs`' estimate (step 1: one-flip columns cut).
+        `Purification`; its scores: ``noise_score`` (P(y* ≠ ỹ | x, ỹ), from `flag_probs` when given: the
+        score that flags), ``posterior_score`` (the same posterior under `probs_from`'s reading alone; it
+        differs from ``noise_score`` only for robust `flag_probs`), ``self_confidence`` (p_ỹ of
+        `pred_probs`), ``predicted`` (ŷ, the posterior's top class) and ``confidence`` (P(y* = ŷ | x, ỹ)).
+        `noise` is `pred_probs`' estimate (step 1: one-flip columns cut).
     """
     if probs_from not in PROBS_FROM:
         raise ValueError(f"probs_from must be one of {', '.join(PROBS_FROM)}; got {probs_from!r}")
     noise, unmixed, post = estimate_and_posterior(labels, pred_probs, probs_from, "pred_probs")
     labels, pred_probs = np.asarray(labels).astype(np.int64), np.asarray(pred_probs)
-    wrong = post.wrong
+    wrong = single = post.wrong
     if flag_probs is not None:
         if np.shape(flag_probs) != pred_probs.shape:
             raise ValueError(
                 f"flag_probs must have pred_probs' shape {pred_probs.shape}, got {np.shape(flag_probs)}"
             )
-        wrong = estimate_and_posterior(labels, flag_probs, probs_from, "flag_probs")[2].wrong
+        flag_noise, _, flag_post = estimate_and_posterior(labels, flag_probs, probs_from, "flag_probs")
+        wrong = single = flag_post.wrong
+        if probs_from == "robust":
+            wrong = two_readings(labels, np.asarray(flag_probs), flag_noise.noise_matrix)
     decision, new_labels = decide(labels, wrong, post.best, post.best_prob, threshold)
     own = np.take_along_axis(pred_probs, labels[:, None], axis=1)[:, 0]
     scores = {
         "noise_score": wrong,
+        "posterior_score": single,
         "self_confidence": own.astype(np.float64),
         "predicted": post.best,
         "confidence": post.best_prob,

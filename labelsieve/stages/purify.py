@@ -70,6 +70,7 @@ SCORE_FILE_FIELDS = (
     "decision",
     "new_label",
     "noise_score",
+    "posterior_score",
     "self_confidence",
     "predicted",
     "confidence",

@@ -20,8 +20,10 @@ prediction as their target. `retrain.distill` = β mixes the ensemble into every
 t = (1 − β) onehot(label) + β p_ensemble: the single network learns from the ensemble it replaces
 (knowledge distillation). Otherwise (preset `sssl`) the noisy labels of `inject_noise` are used as given.
 `retrain.flag_threshold` τ_r, when set, re-decides the samples at that τ from purify's ``scores.npz``
-(`noise_score`, `predicted`, `confidence`: its posterior over the true class) by purify's own rule
+(`posterior_score`, `predicted`, `confidence`: its posterior over the true class) by purify's own rule
 (`purification.decide`), so the model can learn from a looser or stricter cut than the dataset handed back.
+τ_r was chosen on `posterior_score`, the final networks' posterior read as robust; purify's own flags use
+`noise_score`, its mean with the unmixed reading (rule 5), which was measured for τ only.
 
 Start: `retrain.init_from: ssl` starts the network from the first co-trained network of ``<ssl_dir>``
 (fine-tuning it on the purified targets); `scratch` from a fresh initialisation.
@@ -210,7 +212,7 @@ def redecide(
     purified_dir: Path, given: np.ndarray, num_classes: int, threshold: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """(decision, new labels) by purify's rule again at retrain's own τ (`retrain.flag_threshold`): the
-    same `purification.decide` on purify's posterior (``scores.npz``: `noise_score`, `predicted`,
+    same `purification.decide` on purify's posterior (``scores.npz``: `posterior_score`, `predicted`,
     `confidence`).
 
     Raises:
@@ -218,7 +220,7 @@ def redecide(
     """
     path = purified_dir / "scores.npz"
     fix = "set retrain.flag_threshold: null to train on purify's own decisions"
-    fields = ("noise_score", "predicted", "confidence")
+    fields = ("posterior_score", "predicted", "confidence")
     try:
         with np.load(path, allow_pickle=False) as arrays:
             score, predicted, confidence = (arrays[name] for name in fields)
@@ -233,7 +235,7 @@ def redecide(
     ]
     if not problems:
         if not (np.isfinite(score).all() and np.isfinite(confidence).all()):
-            problems.append("noise_score and confidence must be finite")
+            problems.append("posterior_score and confidence must be finite")
         if predicted.dtype.kind not in "iu" or not np.isin(predicted, np.arange(num_classes)).all():
             problems.append(f"predicted must be class indices in [0, {num_classes})")
     if problems:

@@ -21,6 +21,7 @@ from labelsieve.maths.purification import (
     margins,
     posterior,
     single_flips,
+    two_readings,
     unmix,
 )
 from labelsieve.stages import purify as purify_stage
@@ -121,17 +122,48 @@ def test_single_flips_cut_the_confusions_of_one_flip_columns_by_hand():
     assert single_flips(uncut) is uncut
 
 
+def test_two_readings_average_the_robust_and_the_unmixed_posterior_by_hand():
+    # Unmixed through this T: (0.75, 0.25) → (0.9, 0.1) and (0.9, 0.1) → (1, 0) (the unmix test below).
+    noise_matrix = np.array([[0.8, 0.3], [0.2, 0.7]])
+    probs, labels = np.array([[0.75, 0.25], [0.9, 0.1]]), np.array([0, 0])
+    # Robust: 0.25·0.3 / (0.75·0.8 + 0.25·0.3) = 1/9 and 0.1·0.3 / (0.9·0.8 + 0.1·0.3) = 1/25. Unmixed: 1/25
+    # and 0. The means: 17/225 and 1/50.
+    np.testing.assert_allclose(two_readings(labels, probs, noise_matrix), [17 / 225, 1 / 50], rtol=1e-12)
+    # A matrix that cannot be unmixed (class 0 labelled 1 as often as 0) leaves the robust reading alone.
+    not_unmixable = np.array([[0.5, 0.4], [0.5, 0.6]])
+    # 0.25·0.4 / (0.75·0.5 + 0.25·0.4) = 4/19 and 0.1·0.4 / (0.9·0.5 + 0.1·0.4) = 4/49.
+    np.testing.assert_allclose(two_readings(labels, probs, not_unmixable), [4 / 19, 4 / 49], rtol=1e-12)
+
+
+def reference_unmix(probs: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Each row's b with T b = p (a linear solve, float64), clipped at 0 and renormalised."""
+    belief = np.clip(np.array([np.linalg.solve(matrix, row) for row in probs]), 0.0, None)
+    return belief / belief.sum(axis=1, keepdims=True)
+
+
 def test_flag_probs_flag_by_their_own_posterior_and_pred_probs_pick_and_gate_the_relabel():
     rng = np.random.default_rng(0)
-    given = np.repeat(np.arange(3), 20)
+    truth = np.repeat(np.arange(3), 20)
+    given = np.where(rng.random(60) < 0.3, (truth + rng.integers(1, 3, 60)) % 3, truth)  # 30% flipped
     final, averaged = rng.dirichlet(np.ones(3), size=60), rng.dirichlet(np.ones(3), size=60)
+    final = 0.7 * final + 0.3 * np.eye(3)[truth]  # networks that lean to the true class
     result = find_label_issues(given, averaged, probs_from="robust", flag_probs=final)
 
-    def bayes(probs: np.ndarray) -> np.ndarray:  # P(y* = j | x, ỹ) ∝ p_j T̂[ỹ, j], float64, each its own T̂
-        joint = probs * one_flip_reference(confident.estimate(given, probs).noise_matrix)[given]
+    def bayes(probs: np.ndarray, matrix: np.ndarray | None = None) -> np.ndarray:
+        """P(y* = j | x, ỹ) ∝ p_j T̂[ỹ, j], float64, with `probs`' own cut T̂ unless `matrix` is given."""
+        if matrix is None:
+            matrix = one_flip_reference(confident.estimate(given, probs).noise_matrix)
+        joint = probs * matrix[given]
         return joint / joint.sum(axis=1, keepdims=True)
 
-    wrong = 1.0 - bayes(final)[np.arange(60), given]
+    # Robust flag probabilities are read both ways: as the belief, and unmixed through their own T̂.
+    flag_matrix = one_flip_reference(confident.estimate(given, final).noise_matrix)
+    assert all(flag_matrix[j, j] > np.delete(flag_matrix[:, j], j).max() for j in range(3))  # identifiable
+    robust = 1.0 - bayes(final)[np.arange(60), given]
+    unmixed = 1.0 - bayes(reference_unmix(final, flag_matrix), flag_matrix)[np.arange(60), given]
+    wrong = (robust + unmixed) / 2.0
+    assert ((robust >= WRONG_THRESHOLD) != (wrong >= WRONG_THRESHOLD)).any()  # the readings' mean decides
+    np.testing.assert_allclose(result.scores["posterior_score"], robust, atol=1e-12)
     gate = bayes(averaged)
     best = gate.argmax(axis=1)
     flagged = wrong >= WRONG_THRESHOLD

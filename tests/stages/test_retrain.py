@@ -111,9 +111,11 @@ def test_redecide_applies_purifys_rule_at_retrains_own_threshold(tmp_path):
     # The hand case of tests/maths/test_purification.py: wrong 2/29, 8/11, 1/13, 9/37, 3/4; top classes
     # 0, 1, 1, 1, 0 with posterior 27/29, 8/11, 12/13, 28/37, 3/4.
     given = np.array([0, 0, 1, 1, 1])
+    # noise_score, purify's flag score (the mean of two readings), is not what retrain re-decides.
     np.savez(
         tmp_path / "scores.npz",
-        noise_score=np.array([2 / 29, 8 / 11, 1 / 13, 9 / 37, 3 / 4]),
+        posterior_score=np.array([2 / 29, 8 / 11, 1 / 13, 9 / 37, 3 / 4]),
+        noise_score=np.array([0.9, 0.0, 0.9, 0.9, 0.0]),
         predicted=np.array([0, 1, 1, 1, 0]),
         confidence=np.array([27 / 29, 8 / 11, 12 / 13, 28 / 37, 3 / 4]),
     )
@@ -131,13 +133,18 @@ def test_redecide_applies_purifys_rule_at_retrains_own_threshold(tmp_path):
 def test_redecide_without_usable_scores_names_the_file_and_the_fix(tmp_path):
     given = np.array([0, 1])
     with pytest.raises(
-        LabelsieveError, match=r"scores\.npz has no readable noise_score.*flag_threshold: null"
+        LabelsieveError, match=r"scores\.npz has no readable posterior_score.*flag_threshold: null"
     ):
         retrain.redecide(tmp_path, given, 2, 0.5)
-    np.savez(tmp_path / "scores.npz", noise_score=np.array([0.1, 0.2]))  # written before the posterior
-    with pytest.raises(LabelsieveError, match=r"no readable noise_score, predicted, confidence"):
+    two = {"noise_score": np.array([0.1, 0.2]), "predicted": np.array([0, 1]), "confidence": np.ones(2)}
+    np.savez(tmp_path / "scores.npz", **two)  # written before rule 5
+    with pytest.raises(LabelsieveError, match=r"no readable posterior_score, predicted, confidence"):
         retrain.redecide(tmp_path, given, 2, 0.5)
-    scores = {"noise_score": np.array([0.1, np.nan]), "predicted": np.array([0, 2]), "confidence": np.ones(3)}
+    scores = {
+        "posterior_score": np.array([0.1, np.nan]),
+        "predicted": np.array([0, 2]),
+        "confidence": np.ones(3),
+    }
     np.savez(tmp_path / "scores.npz", **scores)
     with pytest.raises(LabelsieveError, match=r"confidence must be of shape \(2,\), got \(3,\)"):
         retrain.redecide(tmp_path, given, 2, 0.5)
