@@ -8,7 +8,7 @@ defaults, C 1, not tuned) and cross-fitted over 5 stratified folds, scores every
 never saw its label, at the cost of one feature pass and five linear fits. For each kept `quality.py --work`
 run this applies the stage's rule, relabelling always by the stage's average with the training dynamics
 (`retrained_flags.flagged_by`), and flagging by:
-- ``stage``: the final co-trained networks (what `purify` does, rule 3);
+- ``stage``: the final co-trained networks (what `purify` does; rule 5's two readings since stop 61);
 - ``head``: the head's probabilities read as robust ones;
 - ``head_unmixed``: the head read as the model of the given labels it is (`probs_from="noisy_labels"`: its
   own noise matrix, the prediction unmixed before Bayes' rule);
@@ -61,7 +61,7 @@ def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
     networks = loop.load_networks(run / "ssl", params, data, torch.device("cpu"))
     head = out_of_fold_head(features(networks, data).double().numpy(), given, final.shape[1])
     relabel = purification.estimate_and_posterior(given, averaged, "robust")[2]
-    stage = purification.estimate_and_posterior(given, final, "robust")[2].wrong
+    stage = purification.flag_scores(given, final, "robust")[0]
     unmixed = purification.estimate_and_posterior(given, head, "noisy_labels")[2].wrong
     flags = {
         "stage": (stage, final),

@@ -2,7 +2,9 @@
 
 `purify` flags by the final co-trained networks' posterior, P(y* = j | x, ỹ) ∝ p_j T̂[ỹ, j], with T̂ estimated
 by confident learning on the same prediction, its one-flip columns cut (docs/purification.md, rules 3 and
-4). A network's own confusions enter confident learning's T̂ as if they were label noise. For each kept
+4), and since rule 5 averaged over two readings of p (`purification.two_readings`, unmixed through the same
+matrix; the rows of results from before stop 61 read p as the belief alone). A network's own confusions
+enter confident learning's T̂ as if they were label noise. For each kept
 `quality.py --work` run this keeps the final networks' p and swaps T̂, relabelling always by the stage's
 average with the training dynamics (`retrained_flags.flagged_by`):
 - ``stage``: confident learning on the final networks' prediction, its one-flip columns cut
@@ -100,7 +102,7 @@ def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
     relabel = purification.estimate_and_posterior(given, averaged, "robust")[2]
     return {
         name: retrained_flags.flagged_by(
-            given, truth, relabel, purification.posterior(given, final, matrix).wrong
+            given, truth, relabel, purification.two_readings(given, final, matrix)
         )
         | {"mae": float(np.abs(matrix - injected).mean())}
         for name, matrix in matrices.items()

@@ -10,7 +10,7 @@ starting network) fine-tunes on the other K − 1 folds only, and predicts the h
 then scored by a network that never learned its label in retrain (the co-trained network it starts from
 still did). Flag sources, relabelling always by the stage's average with the training dynamics (as in
 `retrained_flags.py`):
-- ``stage``: the final co-trained networks (what `purify` does);
+- ``stage``: the final co-trained networks (what `purify` does; rule 5's two readings since stop 61);
 - ``retrained``: the run's own retrained network (in sample);
 - ``crossfit``: the cross-fitted prediction;
 - ``crossfit_unmixed``: the cross-fitted prediction read as a model of the given labels (its noise matrix
@@ -89,7 +89,7 @@ def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
     relabel = purification.estimate_and_posterior(given, averaged, "robust")[2]
     mean = (final + crossfit) / 2.0
     flags = {
-        "stage": (wrong(final), final),
+        "stage": (purification.flag_scores(given, final, "robust")[0], final),
         "retrained": (wrong(retrained), retrained),
         "crossfit": (wrong(crossfit), crossfit),
         "crossfit_unmixed": (wrong(crossfit, "noisy_labels"), crossfit),

@@ -7,7 +7,7 @@ Benchmarks). `purify` runs before it, so its flags come from the co-trained netw
 prediction passes of the final co-trained networks and of the retrained network on the training images and
 runs the stage's rule (`purification.find_label_issues`, τ = `WRONG_THRESHOLD`, the noise matrix estimated
 again), relabelling always by the stage's average with the training dynamics, and flagging by:
-- ``stage``: the final co-trained networks (what `purify` does, rules 3 and 4);
+- ``stage``: the final co-trained networks (what `purify` does; rule 5's two readings since stop 61);
 - ``retrained``: the retrained network alone;
 - ``mean``: the mean of the two predictions;
 - ``retrained_unmixed``: the retrained network read as a model fitted to the given labels (it fine-tunes on
@@ -80,7 +80,7 @@ def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
     retrained = purify.final_probs([network], data, params).double().numpy()
     mean = (final + retrained) / 2.0
     relabel = purification.estimate_and_posterior(given, averaged, "robust")[2]
-    stage = purification.estimate_and_posterior(given, final, "robust")[2].wrong
+    stage = purification.flag_scores(given, final, "robust")[0]
     unmixed = purification.estimate_and_posterior(given, retrained, "noisy_labels")[2].wrong
     flags = {
         "stage": (stage, final),

@@ -231,6 +231,12 @@ def test_kept_run_studies_reproduce_the_kept_run_under_the_stage_rule(tmp_path: 
         for rule in ("rule 2", "rule 3", "rule 4"):
             assert result[rule][key] is None or 0.0 <= result[rule][key] <= 1.0
     assert "| work/sym50-labelsieve | rule 2 |" in study.with_suffix(".md").read_text()
+    reads, _ = _kept_run_study("flag_reading", work, tmp_path)
+    partial = [f"partial {alpha}" for alpha in (0.25, 0.5, 0.75)]
+    assert list(reads) == ["robust", *partial, "unmixed", "mean", "tempered 2", "count cap"]
+    for key in ("f1", "auroc", "relabel_accuracy"):
+        assert reads["mean"][key] == saved[key]  # rule 5, the stage's: the run's own
+        assert reads["robust"][key] == result["rule 4"][key]  # one reading: rule 4 as rule_change has it
     taus, _ = _kept_run_study("flag_threshold", work, tmp_path)
     assert f"τ {WRONG_THRESHOLD}" in taus
     for key in ("f1", "auroc", "relabel_accuracy"):

@@ -284,10 +284,7 @@ def find_label_issues(
             raise ValueError(
                 f"flag_probs must have pred_probs' shape {pred_probs.shape}, got {np.shape(flag_probs)}"
             )
-        flag_noise, _, flag_post = estimate_and_posterior(labels, flag_probs, probs_from, "flag_probs")
-        wrong = single = flag_post.wrong
-        if probs_from == "robust":
-            wrong = two_readings(labels, np.asarray(flag_probs), flag_noise.noise_matrix)
+        wrong, single = flag_scores(labels, flag_probs, probs_from)
     decision, new_labels = decide(labels, wrong, post.best, post.best_prob, threshold)
     own = np.take_along_axis(pred_probs, labels[:, None], axis=1)[:, 0]
     scores = {
@@ -298,6 +295,16 @@ def find_label_issues(
         "confidence": post.best_prob,
     }
     return Purification(decision, new_labels, scores, noise, unmixed)
+
+
+def flag_scores(labels: np.ndarray, flag_probs: np.ndarray, probs_from: str) -> tuple[np.ndarray, np.ndarray]:
+    """(noise_score, posterior_score) of flagging probabilities: steps 1 to 3 on them (their own T̂), and for
+    robust ones the mean of their two readings (`two_readings`; else the two scores are the same)."""
+    noise, _, post = estimate_and_posterior(labels, flag_probs, probs_from, "flag_probs")
+    if probs_from != "robust":
+        return post.wrong, post.wrong
+    labels = np.asarray(labels).astype(np.int64)
+    return two_readings(labels, np.asarray(flag_probs), noise.noise_matrix), post.wrong
 
 
 def estimate_and_posterior(

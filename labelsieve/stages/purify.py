@@ -9,9 +9,11 @@ least τ = `purify.flag_threshold` under the same posterior computed from the fi
 own noise estimate); a flagged sample is relabelled to the averaged posterior's most probable true class
 when that class is right with probability above 1 − τ, else dropped. The final networks flag more
 precisely; the early divisions in the average keep swapped samples from being relabelled to the swap
-partner (docs/purification.md, "Flags from the final networks, relabels from the average"). Where the final
-networks are GRIP's, or `ssl_train`'s last epoch was a CE recalibration that fits every given label (the
-published SMR schedules), the average flags too.
+partner (docs/purification.md, "Flags from the final networks, relabels from the average"). The flag score
+is the mean of two readings of the final prediction, as the belief and unmixed as a noisy-label model's
+(docs/purification.md, "Two readings of the final networks"). Where the final networks are GRIP's, or
+`ssl_train`'s last epoch was a CE recalibration that fits every given label (the published SMR schedules),
+the average flags too.
 The final networks are `ssl_train`'s (`purify.relabel_from: ssl`, measured better) or GRIP's. Without SSL
 epochs (the `grip` preset) every network was fitted to the given labels, so the rule unmixes their
 probabilities first (`probs_from="noisy_labels"`; docs/purification.md). GRIP's JS
