@@ -53,7 +53,7 @@ def readings(labels: np.ndarray, final: np.ndarray) -> dict[str, tuple[np.ndarra
     def partial(alpha: float) -> np.ndarray:
         return read(purification.unmix(final, (1.0 - alpha) * np.eye(len(matrix)) + alpha * matrix))
 
-    robust = read(final)
+    mean, robust = purification.two_readings(labels, final, matrix)
     counts = np.round(estimate.noise_rates * estimate.label_counts).astype(np.int64)
     capped = np.where(purification.flag_top(robust, labels, counts), robust, 0.0)
     squared = final**2
@@ -61,7 +61,7 @@ def readings(labels: np.ndarray, final: np.ndarray) -> dict[str, tuple[np.ndarra
         "robust": robust,
         **{f"partial {a}": partial(a) for a in PARTIAL},
         "unmixed": partial(1.0),
-        "mean": purification.two_readings(labels, final, matrix),
+        "mean": mean,
         "tempered 2": read(squared / squared.sum(axis=1, keepdims=True)),
     }
     return {name: (score, score) for name, score in scores.items()} | {"count cap": (capped, robust)}

@@ -102,7 +102,7 @@ def measure(run: Path, dataset: Path, params_file: Path) -> dict[str, Any]:
     relabel = purification.estimate_and_posterior(given, averaged, "robust")[2]
     return {
         name: retrained_flags.flagged_by(
-            given, truth, relabel, purification.two_readings(given, final, matrix)
+            given, truth, relabel, purification.two_readings(given, final, matrix)[0]
         )
         | {"mae": float(np.abs(matrix - injected).mean())}
         for name, matrix in matrices.items()

@@ -187,10 +187,12 @@ def posterior_rows(labels: np.ndarray, probs: np.ndarray, noise_matrix: np.ndarr
     return joint
 
 
-def two_readings(labels: np.ndarray, probs: np.ndarray, noise_matrix: np.ndarray) -> np.ndarray:
-    """(N,) P(y* ≠ ỹ | x, ỹ) averaged over two readings of `probs`: as the belief P(y* | x), and as a
-    noisy-label model's P(ỹ | x), unmixed through `noise_matrix` where it is `identifiable` (else the two
-    readings agree).
+def two_readings(
+    labels: np.ndarray, probs: np.ndarray, noise_matrix: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, robust), (N,) each: P(y* ≠ ỹ | x, ỹ) averaged over two readings of `probs`, and the first
+    reading alone. The readings: `probs` as the belief P(y* | x), and as a noisy-label model's P(ỹ | x),
+    unmixed through `noise_matrix` where it is `identifiable` (else the two readings agree).
 
     The mean weighs neither reading more: co-trained networks are trained to be robust but still fit part
     of the noise. Unmixing clips beliefs at 0, which ties many posteriors at 0 or 1; the mean keeps the
@@ -198,8 +200,8 @@ def two_readings(labels: np.ndarray, probs: np.ndarray, noise_matrix: np.ndarray
     """
     robust = posterior(labels, probs, noise_matrix).wrong
     if not identifiable(noise_matrix):
-        return robust
-    return (robust + posterior(labels, unmix(probs, noise_matrix), noise_matrix).wrong) / 2.0
+        return robust, robust
+    return (robust + posterior(labels, unmix(probs, noise_matrix), noise_matrix).wrong) / 2.0, robust
 
 
 def flag_top(score: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -300,11 +302,11 @@ def find_label_issues(
 def flag_scores(labels: np.ndarray, flag_probs: np.ndarray, probs_from: str) -> tuple[np.ndarray, np.ndarray]:
     """(noise_score, posterior_score) of flagging probabilities: steps 1 to 3 on them (their own T̂), and for
     robust ones the mean of their two readings (`two_readings`; else the two scores are the same)."""
-    noise, _, post = estimate_and_posterior(labels, flag_probs, probs_from, "flag_probs")
     if probs_from != "robust":
-        return post.wrong, post.wrong
-    labels = np.asarray(labels).astype(np.int64)
-    return two_readings(labels, np.asarray(flag_probs), noise.noise_matrix), post.wrong
+        wrong = estimate_and_posterior(labels, flag_probs, probs_from, "flag_probs")[2].wrong
+        return wrong, wrong
+    noise = single_flips(confident.estimate(labels, flag_probs, "flag_probs"))  # refuses bad inputs
+    return two_readings(np.asarray(labels).astype(np.int64), np.asarray(flag_probs), noise.noise_matrix)
 
 
 def estimate_and_posterior(
