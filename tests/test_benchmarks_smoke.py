@@ -281,6 +281,25 @@ def test_kept_run_studies_reproduce_the_kept_run_under_the_stage_rule(tmp_path: 
     ):  # confident learning's T̂ on the final networks: the run's own
         assert sources["stage"][key] == saved[key]
     assert sources["injected"]["mae"] == 0.0 < sources["stage"]["mae"]
+    few = tmp_path / "few_classes.json"
+    script = [
+        sys.executable,
+        str(BENCHMARKS / "few_classes.py"),
+        str(work),
+        "--seeds",
+        "1",
+        "--out",
+        str(few),
+    ]
+    subprocess.run(script, check=True, capture_output=True)
+    factors = json.loads(few.read_text())
+    for key in ("f1", "auroc", "relabel_accuracy"):
+        assert factors["work/sym50-labelsieve"]["× 2 (the rule)"][key] == saved[key]  # the run's own
+        # Ten classes: half the mass is the larger bar, so the factor over even noise changes nothing.
+        assert factors["work/sym50-labelsieve"]["share alone (rule 4)"][key] == saved[key]
+    three = factors["simulated C=3 symmetric 1000/class"]
+    assert (three["share alone (rule 4)"]["cut"], three["× 2 (the rule)"]["cut"]) == (3.0, 0.0)
+    assert three["× 2 (the rule)"]["f1"] > three["share alone (rule 4)"]["f1"] + 0.1
     division = tmp_path / "division.json"
     script = [sys.executable, str(BENCHMARKS / "division_probe.py"), str(work / "sym50-labelsieve")]
     options = ["--variant", "base", "--out", str(tmp_path / "probe"), "--results", str(division)]

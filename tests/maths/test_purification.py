@@ -66,11 +66,13 @@ def test_hand_case_posteriors_flags_and_relabels():
 
 def one_flip_reference(matrix: np.ndarray) -> np.ndarray:
     """Step 1's cut, column by column in plain loops: where the largest off-diagonal entry holds at least
-    half of the column's off-diagonal mass, each smaller off-diagonal entry is cut and the column rescaled."""
+    half of the column's off-diagonal mass and at least twice the even share 1 / (C − 1), each smaller
+    off-diagonal entry is cut and the column rescaled."""
     out = np.array(matrix, dtype=np.float64)
+    bar = max(0.5, 2.0 / (out.shape[0] - 1))
     for j in range(out.shape[1]):
         off = [out[i, j] for i in range(out.shape[0]) if i != j]
-        if sum(off) > 0 and max(off) >= 0.5 * sum(off):
+        if sum(off) > 0 and max(off) >= bar * sum(off):
             for i in range(out.shape[0]):
                 if i != j and out[i, j] < max(off):
                     out[i, j] = 0.0
@@ -79,9 +81,10 @@ def one_flip_reference(matrix: np.ndarray) -> np.ndarray:
 
 
 def test_single_flips_cut_the_confusions_of_one_flip_columns_by_hand():
-    # Column 0: off-diagonal (0.3, 0.05, 0.05), 0.3 ≥ half of 0.4: one flip, (0.6, 0.3) / 0.9.
-    # Column 1: (0.1, 0.1, 0.1), 0.1 < 0.15: spread noise, unchanged. Column 2: no noise, unchanged.
-    # Column 3: (0.1, 0.1, 0), a tie at half the mass: both kept, unchanged.
+    # Four classes: the bar is max(1/2, 2/3) of a column's off-diagonal mass.
+    # Column 0: off-diagonal (0.3, 0.05, 0.05), 0.3 ≥ 2/3 of 0.4: one flip, (0.6, 0.3) / 0.9.
+    # Column 1: (0.1, 0.1, 0.1), 0.1 < 0.2: spread noise, unchanged. Column 2: no noise, unchanged.
+    # Column 3: (0.1, 0.1, 0), half the mass, under 2/3 of it: unchanged.
     matrix = np.array(
         [[0.6, 0.1, 0.0, 0.1], [0.3, 0.7, 0.0, 0.1], [0.05, 0.1, 1.0, 0.0], [0.05, 0.1, 0.0, 0.8]]
     )
@@ -120,6 +123,56 @@ def test_single_flips_cut_the_confusions_of_one_flip_columns_by_hand():
     spread = np.full((3, 3), 0.1) + np.diag([0.7] * 3)  # every column's noise split evenly: nothing cut
     uncut = dataclasses.replace(estimate, noise_matrix=spread)
     assert single_flips(uncut) is uncut
+
+
+def _estimate_of(matrix: np.ndarray) -> confident.NoiseEstimate:
+    """A noise estimate holding `matrix` as T̂, with a uniform prior (what `single_flips` reads)."""
+    classes = len(matrix)
+    return confident.NoiseEstimate(
+        thresholds=np.full(classes, 0.5),
+        confident_joint=np.eye(classes, dtype=np.int64),
+        joint=matrix / classes,
+        noise_matrix=matrix,
+        prior=np.full(classes, 1.0 / classes),
+        noise_rates=np.zeros(classes),
+        label_counts=np.full(classes, 10),
+    )
+
+
+def test_single_flips_need_twice_the_even_share_with_few_classes_by_hand():
+    # Three classes: the larger of a column's two off-diagonal entries always holds half of its mass, so the
+    # bar is 2 / (3 − 1), all of it. Symmetric noise estimated unevenly, (0.12, 0.08), keeps both sources.
+    three = np.array([[0.8, 0.1, 0.1], [0.12, 0.8, 0.1], [0.08, 0.1, 0.8]])
+    uneven = _estimate_of(three)
+    assert single_flips(uneven) is uneven
+    # Four classes: the bar is 2/3. (0.25, 0.15, 0.1) holds half: kept; (0.32, 0.08, 0.05) holds 0.71: cut.
+    four = np.eye(4)
+    four[:, 0] = [0.5, 0.25, 0.15, 0.1]
+    four[:, 1] = [0.32, 0.55, 0.08, 0.05]
+    cut = single_flips(_estimate_of(four)).noise_matrix
+    np.testing.assert_allclose(cut[:, 0], four[:, 0])
+    np.testing.assert_allclose(cut[:, 1], np.array([0.32, 0.55, 0.0, 0.0]) / 0.87)
+    np.testing.assert_allclose(cut, one_flip_reference(four))
+    # Five classes: half is the larger bar (2/4). (0.2, 0.1, 0.05, 0.05) holds half: cut, (0.6, 0.2) / 0.8.
+    five = np.eye(5)
+    five[:, 0] = [0.6, 0.2, 0.1, 0.05, 0.05]
+    np.testing.assert_allclose(single_flips(_estimate_of(five)).noise_matrix[:, 0], [0.75, 0.25, 0, 0, 0])
+
+
+def test_three_classes_under_symmetric_noise_keep_every_source_of_the_noise():
+    # 40% symmetric noise over three classes, a calibrated belief (logits N(0, 1), +2 on the true class).
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(3), 1000)
+    logits = rng.normal(size=(3000, 3))
+    logits[np.arange(3000), truth] += 2.0
+    given = np.where(rng.random(3000) < 0.4, (truth + rng.integers(1, 3, 3000)) % 3, truth)
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    result = find_label_issues(given, probs, probs_from="robust")
+    injected = np.full((3, 3), 0.2) + np.diag([0.4] * 3)  # P(ỹ = i | y* = j): 0.6 kept, 0.2 to each other
+    assert np.abs(result.noise.noise_matrix - injected).mean() < 0.05  # no source of the noise cut
+    flagged, noisy = result.decision != KEEP, given != truth
+    f1 = 2 * (flagged & noisy).sum() / (flagged.sum() + noisy.sum())
+    assert f1 > 0.85  # 0.68 when one source of each column was cut
 
 
 def test_two_readings_average_the_robust_and_the_unmixed_posterior_by_hand():
