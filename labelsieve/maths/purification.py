@@ -72,8 +72,9 @@ RULE_VERSION_WITHOUT_DYNAMICS = 4
 # mass is one flip plus confusions (step 1; chosen on the tuning slices and digits, docs/purification.md)...
 FLIP_SHARE = 0.5
 # ...and at least this many times the share 1 / (C − 1) that it holds when the noise is spread evenly over
-# the other classes. It binds only below five classes: with three, the larger of a column's two entries
-# always holds half, so the share alone read symmetric noise as flips (benchmarks/few_classes.py).
+# the other classes, C counting the classes the given labels use. It binds only below five classes: with
+# three, the larger of a column's two entries always holds half, so the share alone read symmetric noise
+# as flips (benchmarks/few_classes.py).
 FLIP_OVER_EVEN = 2.0
 
 
@@ -102,15 +103,18 @@ def single_flips(estimate: confident.NoiseEstimate) -> confident.NoiseEstimate:
 
     A column is one flip when its largest off-diagonal entry holds at least `FLIP_SHARE` of its
     off-diagonal mass and at least `FLIP_OVER_EVEN` / (C − 1) of it, twice its share under evenly spread
-    noise (so with three or four classes more than half). A column with no off-diagonal mass, or none at
-    all (a class with no sample), is unchanged; where nothing is cut, `estimate` itself is returned. The
-    thresholds, the confident joint, the prior and the label counts stay confident learning's.
+    noise, C being the classes that occur among the given labels (so with three or four, more than half;
+    a model with more outputs than the data has classes does not lower the bar). A column with no
+    off-diagonal mass, or none at all (a class with no sample), is unchanged; where nothing is cut,
+    `estimate` itself is returned. The thresholds, the confident joint, the prior and the label counts
+    stay confident learning's.
     """
     matrix = estimate.noise_matrix
     diagonal = np.eye(len(matrix), dtype=bool)
     off = np.where(diagonal, 0.0, matrix)
     largest, mass = off.max(axis=0), off.sum(axis=0)
-    share = max(FLIP_SHARE, FLIP_OVER_EVEN / max(len(matrix) - 1, 1))
+    classes = int(np.count_nonzero(estimate.label_counts))
+    share = max(FLIP_SHARE, FLIP_OVER_EVEN / max(classes - 1, 1))
     one_flip = (mass > 0) & (largest >= share * mass)
     kept = np.where(diagonal | (off >= largest[None, :]) | ~one_flip[None, :], matrix, 0.0)
     if np.array_equal(kept, matrix):  # nothing cut: confident learning's estimate, bit for bit

@@ -173,6 +173,11 @@ def test_three_classes_under_symmetric_noise_keep_every_source_of_the_noise():
     flagged, noisy = result.decision != KEEP, given != truth
     f1 = 2 * (flagged & noisy).sum() / (flagged.sum() + noisy.sum())
     assert f1 > 0.85  # 0.68 when one source of each column was cut
+    # A ten-output model on the same three classes: the classes the labels use set the bar, not the outputs.
+    wide = np.concatenate([probs * 0.97, np.full((3000, 7), 0.03 / 7)], axis=1)
+    widened = find_label_issues(given, wide, probs_from="robust")
+    np.testing.assert_allclose(widened.noise.noise_matrix[:3, :3], result.noise.noise_matrix, atol=0.02)
+    assert widened.decision.tolist() == result.decision.tolist()
 
 
 def test_two_readings_average_the_robust_and_the_unmixed_posterior_by_hand():
