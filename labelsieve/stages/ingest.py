@@ -560,11 +560,17 @@ def _emptiness(
     split_rows: dict[str, np.ndarray],
     reasons: Counter[str],
 ) -> str | None:
-    """A message if the dataset, or some class, has no training image left; else None."""
+    """A message if the dataset, or some class, has no training image left, or the dataset has a single
+    class (nothing to classify, and no label can be told wrong); else None."""
     why = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "nothing was skipped"
     train = split_rows["train"]
     if len(train) == 0:
         return f"source {source} leaves no usable training image (skipped {why})"
+    if len(classes) < 2:
+        return (
+            f"source {source} has a single class, {classes[0]!r}: a classifier, and a label that could be "
+            "wrong, need at least two classes"
+        )
     present = np.bincount(labels[train], minlength=len(classes))
     empty = [classes[k] for k in np.flatnonzero(present == 0)]
     if empty:

@@ -440,6 +440,8 @@ def test_bad_shapes_are_refused():
         )
     with pytest.raises(ValueError, match=r"labels\[1\] is 1.5"):
         find_label_issues(np.array([0.0, 1.5]), np.ones((2, 2)) / 2)
+    with pytest.raises(ValueError, match="labels are all class 1: .* at least two classes"):
+        find_label_issues(np.array([1, 1, 1]), np.ones((3, 2)) / 2)
 
 
 def test_python_lists_are_read_as_the_arrays_they_hold():

@@ -301,6 +301,13 @@ def test_ingest_all_bad_is_a_clear_error_naming_the_source(tmp_path, make_params
         ingest.run(_folder_params(make_params, root), out_dir=tmp_path / "ds")
 
 
+def test_ingest_of_a_single_class_is_a_clear_error(tmp_path, make_params, image_folder):
+    root = image_folder({"cat": 12})
+    with pytest.raises(ingest.IngestError, match=f"source {root} has a single class, 'cat': .* at least two"):
+        ingest.run(_folder_params(make_params, root), out_dir=tmp_path / "ds")
+    assert not (tmp_path / "ds").exists()  # nothing half-written
+
+
 def test_ingest_failure_keeps_the_previous_dataset(tmp_path, make_params, image_folder):
     out = tmp_path / "ds"
     ingest.run(_folder_params(make_params, image_folder({"a": 4, "b": 4})), out_dir=out)
