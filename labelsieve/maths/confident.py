@@ -51,10 +51,10 @@ class NoiseEstimate:
 def check_inputs(labels: np.ndarray, probs: np.ndarray, name: str = "probs") -> tuple[np.ndarray, np.ndarray]:
     """(int64 labels, probs as an array), refusing what is not class indices and per-row probabilities.
 
-    Labels must be integers (or whole-valued floats) in [0, C). Each row of probs must be finite, in
-    [0, 1] and sum to 1 within `ROW_SUM_TOLERANCE`: logits, log-probabilities and unnormalised scores are
-    refused with the first offending row named, instead of giving confident-looking wrong answers. `name`
-    is what the errors call the probabilities (the caller's argument name).
+    Labels must be integers (or whole-valued floats) in [0, C), and not all one class. Each row of probs
+    must be finite, in [0, 1] and sum to 1 within `ROW_SUM_TOLERANCE`: logits, log-probabilities and
+    unnormalised scores are refused with the first offending row named, instead of giving confident-looking
+    wrong answers. `name` is what the errors call the probabilities (the caller's argument name).
     """
     labels, probs = np.asarray(labels), np.asarray(probs)
     if probs.ndim != 2 or labels.shape != (probs.shape[0],):
@@ -72,6 +72,11 @@ def check_inputs(labels: np.ndarray, probs: np.ndarray, name: str = "probs") -> 
     num_classes = probs.shape[1]
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
+    if len(labels) and (labels == labels[0]).all():
+        raise ValueError(
+            f"labels are all class {labels[0]}: telling which labels are wrong needs at least two classes "
+            "among them (the noise matrix has nothing to compare)"
+        )
     for rows in chunks.row_chunks(len(probs), num_classes):
         block = np.asarray(probs[rows], dtype=np.float64)
         sums = block.sum(axis=1)  # NaN or inf anywhere in a row makes its sum NaN or inf

@@ -293,11 +293,6 @@ def find_label_issues(
         raise ValueError(f"probs_from must be one of {', '.join(PROBS_FROM)}; got {probs_from!r}")
     noise, unmixed, post = estimate_and_posterior(labels, pred_probs, probs_from, "pred_probs")
     labels, pred_probs = np.asarray(labels).astype(np.int64), np.asarray(pred_probs)
-    if np.unique(labels).size == 1:
-        raise ValueError(
-            f"labels are all class {labels[0]}: telling which labels are wrong needs at least two classes "
-            "among them (the noise matrix has nothing to compare)"
-        )
     wrong = single = post.wrong
     if flag_probs is not None:
         if np.shape(flag_probs) != pred_probs.shape:

@@ -165,6 +165,12 @@ def run(params: Params, *, out_dir: str | Path) -> dict[str, Any]:
         problem = None if base is not None else _emptiness(listing.name, classes, labels, split_rows, reasons)
         if problem:
             _fail(out_dir, report, problem)
+        if len(classes) < 2:  # a store may grow crawl by crawl, so this is no error yet (purify refuses it)
+            warnings.warn(
+                f"ingest: the dataset has a single class, {classes[0]!r}: training, and telling a wrong "
+                "label, need at least two; append a crawl with the others (ingest.append_to) before training",
+                stacklevel=2,
+            )
         for split, members in split_rows.items():
             out = preallocated_npy(tmp / f"{split}.npy", (counts[split], *shape))
             if base is not None:  # the old rows first, unchanged
@@ -560,17 +566,11 @@ def _emptiness(
     split_rows: dict[str, np.ndarray],
     reasons: Counter[str],
 ) -> str | None:
-    """A message if the dataset, or some class, has no training image left, or the dataset has a single
-    class (nothing to classify, and no label can be told wrong); else None."""
+    """A message if the dataset, or some class, has no training image left; else None."""
     why = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "nothing was skipped"
     train = split_rows["train"]
     if len(train) == 0:
         return f"source {source} leaves no usable training image (skipped {why})"
-    if len(classes) < 2:
-        return (
-            f"source {source} has a single class, {classes[0]!r}: a classifier, and a label that could be "
-            "wrong, need at least two classes"
-        )
     present = np.bincount(labels[train], minlength=len(classes))
     empty = [classes[k] for k in np.flatnonzero(present == 0)]
     if empty:

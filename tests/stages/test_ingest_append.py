@@ -87,12 +87,15 @@ def test_ingest_append_counts_old_samples_against_per_class_limit(tmp_path, make
     old_files = {("a", f"o{i}"): i for i in range(5)}
     base = _crawl(tmp_path / "crawl1", old_files)
     extra = ("ingest.val_fraction=0", "ingest.per_class_limit=6")
-    ingest.run(_params(make_params, base, *extra), out_dir=tmp_path / "ds")
+    with pytest.warns(UserWarning, match="single class, 'a'"):  # one class: stored, with a warning
+        ingest.run(_params(make_params, base, *extra), out_dir=tmp_path / "ds")
     n_train = len(load_dataset(tmp_path / "ds").samples["train"]["id"])
     second = _crawl(tmp_path / "crawl2", {("a", f"n{i}"): 50 + i for i in range(8)})
-    ingest.run(
-        _params(make_params, second, f"ingest.append_to={tmp_path / 'ds'}", *extra), out_dir=tmp_path / "ds"
-    )
+    with pytest.warns(UserWarning, match="single class, 'a'"):
+        ingest.run(
+            _params(make_params, second, f"ingest.append_to={tmp_path / 'ds'}", *extra),
+            out_dir=tmp_path / "ds",
+        )
     assert len(load_dataset(tmp_path / "ds").samples["train"]["id"]) == 6 > n_train
 
 
