@@ -137,11 +137,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=20, help="seeds per simulated cell")
     parser.add_argument("--out", help="write the figures here (JSON) and a Markdown table beside it")
     args = parser.parse_args()
-    results = simulated(args.seeds)
-    for work in map(Path, args.work):
-        for dynamics in sorted(work.glob("*/ssl/dynamics.npz")):
-            run = dynamics.parent.parent
-            results[f"{work.name}/{run.name}"] = kept_run(run, work / "dataset", work / "params.yaml")
+    results = simulated(args.seeds) | purify_ceiling.measure_kept(args.work, kept_run)
     purify_ceiling.report(results, table, args.out)
 
 

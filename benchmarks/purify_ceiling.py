@@ -188,14 +188,23 @@ def run_on_kept(
     parser.add_argument("work", nargs="+", help="quality.py --work folders (dataset/, params.yaml, runs)")
     parser.add_argument("--out", help="write the figures here (JSON) and a Markdown table beside it")
     args = parser.parse_args()
-    results = {}
-    for work in map(Path, args.work):
-        for dynamics in sorted(work.glob("*/ssl/dynamics.npz")):
-            run = dynamics.parent.parent
-            results[f"{work.name}/{run.name}"] = measure_run(run, work / "dataset", work / "params.yaml")
+    results = measure_kept(args.work, measure_run)
     if not results:
         raise SystemExit(f"no run with ssl/dynamics.npz under {', '.join(args.work)}")
     report(results, table_of, args.out)
+
+
+def measure_kept(
+    works: list[str], measure_run: Callable[[Path, Path, Path], dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """`measure_run(run, dataset, params_file)` on every run with training dynamics under the `works`
+    folders, keyed "<work folder>/<run>"."""
+    results = {}
+    for work in map(Path, works):
+        for dynamics in sorted(work.glob("*/ssl/dynamics.npz")):
+            run = dynamics.parent.parent
+            results[f"{work.name}/{run.name}"] = measure_run(run, work / "dataset", work / "params.yaml")
+    return results
 
 
 def main() -> None:

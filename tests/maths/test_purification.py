@@ -80,6 +80,20 @@ def one_flip_reference(matrix: np.ndarray) -> np.ndarray:
     return out
 
 
+def _estimate_of(matrix: np.ndarray) -> confident.NoiseEstimate:
+    """A noise estimate holding `matrix` as T̂, with a uniform prior (what `single_flips` reads)."""
+    classes = len(matrix)
+    return confident.NoiseEstimate(
+        thresholds=np.full(classes, 0.5),
+        confident_joint=np.eye(classes, dtype=np.int64),
+        joint=matrix / classes,
+        noise_matrix=matrix,
+        prior=np.full(classes, 1.0 / classes),
+        noise_rates=np.zeros(classes),
+        label_counts=np.full(classes, 10),
+    )
+
+
 def test_single_flips_cut_the_confusions_of_one_flip_columns_by_hand():
     # Four classes: the bar is max(1/2, 2/3) of a column's off-diagonal mass.
     # Column 0: off-diagonal (0.3, 0.05, 0.05), 0.3 ≥ 2/3 of 0.4: one flip, (0.6, 0.3) / 0.9.
@@ -91,15 +105,7 @@ def test_single_flips_cut_the_confusions_of_one_flip_columns_by_hand():
     cut = np.array(
         [[2 / 3, 0.1, 0.0, 0.1], [1 / 3, 0.7, 0.0, 0.1], [0.0, 0.1, 1.0, 0.0], [0.0, 0.1, 0.0, 0.8]]
     )
-    estimate = confident.NoiseEstimate(
-        thresholds=np.full(4, 0.5),
-        confident_joint=np.eye(4, dtype=np.int64),
-        joint=matrix / 4,
-        noise_matrix=matrix,
-        prior=np.full(4, 0.25),
-        noise_rates=np.zeros(4),
-        label_counts=np.full(4, 10),
-    )
+    estimate = _estimate_of(matrix)
     result = single_flips(estimate)
     np.testing.assert_allclose(result.noise_matrix, cut)
     np.testing.assert_allclose(result.noise_matrix, one_flip_reference(matrix))
@@ -123,20 +129,6 @@ def test_single_flips_cut_the_confusions_of_one_flip_columns_by_hand():
     spread = np.full((3, 3), 0.1) + np.diag([0.7] * 3)  # every column's noise split evenly: nothing cut
     uncut = dataclasses.replace(estimate, noise_matrix=spread)
     assert single_flips(uncut) is uncut
-
-
-def _estimate_of(matrix: np.ndarray) -> confident.NoiseEstimate:
-    """A noise estimate holding `matrix` as T̂, with a uniform prior (what `single_flips` reads)."""
-    classes = len(matrix)
-    return confident.NoiseEstimate(
-        thresholds=np.full(classes, 0.5),
-        confident_joint=np.eye(classes, dtype=np.int64),
-        joint=matrix / classes,
-        noise_matrix=matrix,
-        prior=np.full(classes, 1.0 / classes),
-        noise_rates=np.zeros(classes),
-        label_counts=np.full(classes, 10),
-    )
 
 
 def test_single_flips_need_twice_the_even_share_with_few_classes_by_hand():
